@@ -1,0 +1,102 @@
+"""refdiff: a reference implementation of Gaussian diffusion models.
+
+The core (everything importable from ``refdiff`` itself) is pure array-API code: it runs on NumPy,
+CuPy, PyTorch and array-api-strict arrays and never imports torch or cupy at module level.
+"""
+
+from __future__ import annotations
+
+from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
+from .forward import (
+    GaussianMoments,
+    q_mean_variance,
+    q_posterior_mean_variance,
+    q_s_to_t_mean_variance,
+    q_sample,
+    q_step_mean_variance,
+    q_step_sample,
+)
+from .losses import (
+    Decoder,
+    LossTerms,
+    LossType,
+    continuous_gaussian_log_likelihood,
+    discretized_gaussian_log_likelihood,
+    mean_flat,
+    normal_kl,
+    prior_kl,
+    sum_flat,
+    training_losses,
+    vb_term,
+)
+from .noise import standard_normal
+from .oracle import GaussianMixtureOracle
+from .reverse import (
+    PMeanVariance,
+    Prediction,
+    Variance,
+    eps_from_v,
+    eps_from_x0,
+    p_mean_variance,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_v,
+)
+from .samplers import SAMPLERS, ddim_sample, ddpm_sample, sample
+from .schedules import (
+    SCHEDULES,
+    Schedule,
+    get_schedule,
+    make_betas,
+    rescale_zero_terminal_snr,
+    space_timesteps,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "BoundResult",
+    "Decoder",
+    "GaussianMixtureOracle",
+    "GaussianMoments",
+    "LossTerms",
+    "LossType",
+    "MonteCarloBound",
+    "PMeanVariance",
+    "Prediction",
+    "Schedule",
+    "Variance",
+    "__version__",
+    "continuous_gaussian_log_likelihood",
+    "ddim_sample",
+    "ddpm_sample",
+    "discretized_gaussian_log_likelihood",
+    "eps_from_v",
+    "eps_from_x0",
+    "get_schedule",
+    "make_betas",
+    "mean_flat",
+    "normal_kl",
+    "p_mean_variance",
+    "prior_kl",
+    "q_mean_variance",
+    "q_posterior_mean_variance",
+    "q_s_to_t_mean_variance",
+    "q_sample",
+    "q_step_mean_variance",
+    "q_step_sample",
+    "rescale_zero_terminal_snr",
+    "sample",
+    "space_timesteps",
+    "standard_normal",
+    "sum_flat",
+    "training_losses",
+    "v_from_x0_eps",
+    "variational_bound",
+    "variational_bound_mc",
+    "vb_term",
+    "x0_from_eps",
+    "x0_from_v",
+]

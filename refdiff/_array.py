@@ -1,0 +1,179 @@
+"""Array-API helpers shared by the core: namespace and device checks, table gathering, ``log_ndtr``.
+
+Nothing here imports torch or cupy at module level; backends are recognised through
+``array_api_compat`` and their special functions are imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import numpy as np
+from array_api_compat import (
+    array_namespace,
+    device,
+    is_array_api_obj,
+    is_array_api_strict_namespace,
+    is_cupy_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
+
+__all__ = [
+    "as_batch_timesteps",
+    "broadcast_to_data",
+    "check_same_device",
+    "gather",
+    "get_namespace",
+    "is_floating",
+    "log_ndtr",
+    "stop_gradient",
+]
+
+Array = Any
+
+
+def get_namespace(*arrays: Array) -> Any:
+    """Return the common array namespace of ``arrays`` (non-arrays are ignored).
+
+    Raises ``TypeError`` when the arrays come from different backends and ``ValueError`` when they
+    live on different devices: the core never copies between backends or devices silently.
+    """
+    arrs = [a for a in arrays if a is not None and is_array_api_obj(a)]
+    if not arrs:
+        raise TypeError("expected at least one array (numpy, cupy, torch or array_api_strict)")
+    try:
+        xp = array_namespace(*arrs)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__ + "." + type(a).__name__ for a in arrs})
+        raise TypeError(f"arrays from different backends cannot be mixed: {kinds}") from exc
+    check_same_device(*arrs)
+    return xp
+
+
+def check_same_device(*arrays: Array) -> None:
+    """Raise ``ValueError`` if ``arrays`` do not all live on one device."""
+    devs = [device(a) for a in arrays if a is not None and is_array_api_obj(a)]
+    if any(d != devs[0] for d in devs[1:]):
+        raise ValueError(
+            f"arrays live on different devices ({sorted({str(d) for d in devs})}); "
+            "move them to one device explicitly"
+        )
+
+
+def is_floating(xp: Any, x: Array) -> bool:
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def _table_on(table: np.ndarray, xp: Any, dev: Any) -> Array:
+    """A float64 schedule table as an array of namespace ``xp`` on ``dev``, cached per table.
+
+    The cache lives as long as the table (a weakref finalizer drops it), so converting a table to
+    a device happens once per schedule, not once per sampling step.
+    """
+    if is_numpy_namespace(xp):
+        return table
+    key = id(table)
+    cache = _TABLE_CACHE.get(key)
+    if cache is None:
+        cache = _TABLE_CACHE[key] = {}
+        weakref.finalize(table, _TABLE_CACHE.pop, key, None)
+    out = cache.get((xp.__name__, str(dev)))
+    if out is None:
+        out = cache[(xp.__name__, str(dev))] = xp.asarray(table, device=dev)
+    return out
+
+
+_TABLE_CACHE: dict[int, dict[tuple[str, str], Array]] = {}
+
+
+def gather(table: np.ndarray, t: Array, like: Array, *, xp: Any | None = None) -> Array:
+    """``table[t]`` cast to ``like``'s dtype and shaped ``[B, 1, ..., 1]`` to broadcast against it.
+
+    ``table`` is a float64 NumPy table of length T; ``t`` an integer array ``[B]`` already checked to
+    be in range. The gather happens in float64 and the cast to the data's dtype is the last step.
+    """
+    xp = array_namespace(like) if xp is None else xp
+    tab = _table_on(table, xp, device(like))
+    vals = xp.take(tab, t, axis=0)
+    vals = xp.astype(vals, like.dtype)
+    return xp.reshape(vals, (vals.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def broadcast_to_data(v: Array, like: Array, xp: Any) -> Array:
+    """Reshape a per-example vector ``[B]`` to ``[B, 1, ..., 1]`` for broadcasting against ``like``."""
+    return xp.reshape(v, (v.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def as_batch_timesteps(t: Any, num_timesteps: int, batch: int, xp: Any, dev: Any) -> Array:
+    """Validate timestep indices and return them as an integer array ``[batch]``.
+
+    ``t`` is a Python int (used for every example) or an integer array of shape ``[batch]`` (or
+    ``[1]``/``[]``, broadcast) on the data's device. Out of range, non-integer or wrong-shaped
+    timesteps raise ``ValueError``/``TypeError`` naming the offending value.
+    """
+    if isinstance(t, bool):
+        raise TypeError(f"timestep must be an integer index, got {t!r}")
+    if isinstance(t, (int, np.integer)):
+        t = int(t)
+        if not 0 <= t < num_timesteps:
+            raise ValueError(f"timestep {t} is out of range [0, {num_timesteps - 1}]")
+        return xp.full((batch,), t, dtype=xp.int64, device=dev)
+    if isinstance(t, float) or not is_array_api_obj(t):
+        raise TypeError(f"timesteps must be an integer array or int, got {type(t).__name__} {t!r}")
+    tx = array_namespace(t)
+    if tx is not xp and tx.__name__ != xp.__name__:
+        raise TypeError(
+            f"timesteps are a {type(t).__module__} array but the data is {xp.__name__}; "
+            "use one backend"
+        )
+    if not xp.isdtype(t.dtype, "integral"):
+        raise TypeError(f"timesteps must have an integer dtype, got {t.dtype}")
+    if device(t) != dev:
+        raise ValueError(f"timesteps live on {device(t)} but the data on {dev}")
+    if t.ndim == 0 or t.shape == (1,):
+        t = xp.broadcast_to(xp.reshape(t, (1,)), (batch,))
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise ValueError(f"timesteps must have shape [{batch}] (the batch), got {tuple(t.shape)}")
+    if batch:
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        if lo < 0 or hi >= num_timesteps:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"timestep {bad} is out of range [0, {num_timesteps - 1}]")
+    return xp.astype(t, xp.int64)
+
+
+def log_ndtr(x: Array, xp: Any | None = None) -> Array:
+    """``log Φ(x)``, the log of the standard normal CDF, accurate in both tails.
+
+    Dispatches to the backend's own implementation (``scipy.special``, ``cupyx.scipy.special``,
+    ``torch.special``); array_api_strict goes through NumPy/SciPy around the compiled call.
+    """
+    xp = array_namespace(x) if xp is None else xp
+    if is_torch_namespace(xp):
+        import torch
+
+        return torch.special.log_ndtr(x)
+    if is_cupy_namespace(xp):
+        import cupyx.scipy.special as cs
+
+        return cs.log_ndtr(x)
+    import scipy.special as sc
+
+    if is_numpy_namespace(xp):
+        return xp.asarray(sc.log_ndtr(x), dtype=x.dtype)
+    if is_array_api_strict_namespace(xp):
+        out = sc.log_ndtr(np.from_dlpack(x))
+        return xp.asarray(np.asarray(out, dtype=out.dtype), device=device(x))
+    raise TypeError(f"no log_ndtr for namespace {xp.__name__}")
+
+
+def stop_gradient(x: Array) -> Array:
+    """Stop gradients (``detach``) for autograd backends; the identity elsewhere."""
+    detach = getattr(x, "detach", None)
+    return detach() if callable(detach) else x
+
+
+LN2 = math.log(2.0)

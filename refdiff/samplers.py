@@ -1,0 +1,199 @@
+"""Samplers over a denoiser callable: ancestral DDPM (Ho et al. Algorithm 2) and DDIM with η
+(Song et al. 2021, eq. 12), on full or respaced schedules.
+
+Both samplers share one signature (DDIM adds ``eta``). Noise comes from :func:`refdiff.noise.standard_normal`, so every
+sample is a function of (seed, sample index) only: the same whether drawn alone or in a batch, on
+one process or sharded over many, on NumPy, PyTorch or CuPy. A ``noise`` callable
+``noise(step, shape) -> array`` may replace it (for example to drive the sampler from a backend's
+own generator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._array import Array, gather, get_namespace
+from .noise import PRIOR_STEP, standard_normal
+from .reverse import Prediction, Variance, _enum, p_mean_variance
+
+__all__ = ["SAMPLERS", "ddim_sample", "ddpm_sample", "sample"]
+
+Callback = Callable[[int, int, Array, Array], None]
+"""``callback(i, t, x, pred_x0)`` after step i (0-based) at index t with the new x."""
+
+
+def _setup(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T):
+    if xp is None:
+        if x_T is not None:
+            xp = get_namespace(x_T)
+        else:
+            import array_api_compat.numpy as xp
+    if len(shape) < 2:
+        raise ValueError(f"shape must be [B, ...] with at least one data axis, got {tuple(shape)}")
+    B = int(shape[0])
+    if B < 1:
+        raise ValueError(f"need at least one sample, got batch size {B}")
+    dtype = xp.float32 if dtype is None else dtype
+    if sample_indices is None:
+        idx = xp.arange(B, dtype=xp.int64, device=device)
+    else:
+        idx = xp.asarray(sample_indices, device=device)
+        if not xp.isdtype(idx.dtype, "integral") or tuple(idx.shape) != (B,):
+            raise ValueError(
+                f"sample_indices must be {B} integers, got {tuple(idx.shape)} {idx.dtype}"
+            )
+        idx = xp.astype(idx, xp.int64)
+    if noise is None:
+
+        def noise(step: int, shp: tuple[int, ...]) -> Array:
+            return standard_normal(seed, idx, step, shp[1:], xp=xp, dtype=dtype, device=device)
+
+    if x_T is None:
+        x = noise(PRIOR_STEP, tuple(shape))
+    else:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        x = x_T
+    tmap = xp.asarray(schedule.timestep_map, device=device)
+    return xp, B, x, noise, tmap
+
+
+def ddpm_sample(
+    schedule: Any,
+    denoiser: Callable[[Array, Array], Array],
+    shape: tuple[int, ...],
+    *,
+    prediction: Prediction | str = Prediction.EPSILON,
+    variance: Variance | str = Variance.FIXED_SMALL,
+    clip_denoised: bool = True,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    seed: int = 0,
+    sample_indices: Array | None = None,
+    xp: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    noise: Callable[[int, tuple[int, ...]], Array] | None = None,
+    x_T: Array | None = None,
+    callback: Callback | None = None,
+) -> Array:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2).
+
+    x_T ~ N(0, I); for t = T-1, …, 0: x_{t-1} = μ_θ(x_t, t) + σ_t z with z ~ N(0, I) for t > 0
+    (no noise at the last step), σ_t² given by ``variance``. On a respaced schedule the betas are
+    the respaced ones and the denoiser sees the original timestep indices.
+    """
+    xp, B, x, noise, tmap = _setup(
+        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
+    )
+    prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
+    _check_ztsnr(schedule, prediction)
+    T = schedule.num_timesteps
+    for i, t_int in enumerate(range(T - 1, -1, -1)):
+        t = xp.full((B,), t_int, dtype=xp.int64, device=device)
+        out = denoiser(x, xp.take(tmap, t, axis=0))
+        p = p_mean_variance(
+            schedule,
+            out,
+            x,
+            t,
+            prediction=prediction,
+            variance=variance,
+            clip_denoised=clip_denoised,
+            data_range=data_range,
+        )
+        if t_int > 0:
+            x = p.mean + xp.exp(0.5 * p.log_variance) * noise(t_int, tuple(x.shape))
+        else:
+            x = p.mean
+        if callback is not None:
+            callback(i, t_int, x, p.pred_x0)
+    return x
+
+
+def ddim_sample(
+    schedule: Any,
+    denoiser: Callable[[Array, Array], Array],
+    shape: tuple[int, ...],
+    *,
+    prediction: Prediction | str = Prediction.EPSILON,
+    variance: Variance | str = Variance.FIXED_SMALL,
+    clip_denoised: bool = True,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    seed: int = 0,
+    sample_indices: Array | None = None,
+    xp: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    noise: Callable[[int, tuple[int, ...]], Array] | None = None,
+    x_T: Array | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> Array:
+    """DDIM (Song et al. 2021, eq. 12) with stochasticity ``eta`` over the schedule's steps.
+
+    x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z, with
+    σ_t = η √((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t-1}). η = 0 is deterministic, η = 1 matches
+    DDPM's fixed-small variance. Pass a respaced schedule (``schedule.respace(...)``) for fewer steps.
+    A learned variance's channels are ignored (DDIM sets its own σ).
+    """
+    xp, B, x, noise, tmap = _setup(
+        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
+    )
+    prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
+    _check_ztsnr(schedule, prediction)
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    # σ_t in float64 from the tables, per index.
+    acp, acp_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = eta * np.sqrt((1 - acp_prev) / (1 - acp)) * np.sqrt(1 - acp / acp_prev)
+    sigma = np.nan_to_num(sigma)
+    dir_coef = np.sqrt(np.maximum(1.0 - acp_prev - sigma**2, 0.0))
+    sqrt_acp_prev = np.sqrt(acp_prev)
+    T = schedule.num_timesteps
+    for i, t_int in enumerate(range(T - 1, -1, -1)):
+        t = xp.full((B,), t_int, dtype=xp.int64, device=device)
+        out = denoiser(x, xp.take(tmap, t, axis=0))
+        p = p_mean_variance(
+            schedule,
+            out,
+            x,
+            t,
+            prediction=prediction,
+            variance=variance,
+            clip_denoised=clip_denoised,
+            data_range=data_range,
+        )
+        # p.pred_eps is recomputed from the clipped x̂_0 when clipping (consistent pair).
+        x_new = (
+            gather(sqrt_acp_prev, t, x, xp=xp) * p.pred_x0
+            + gather(dir_coef, t, x, xp=xp) * p.pred_eps
+        )
+        if t_int > 0 and sigma[t_int] > 0:
+            x_new = x_new + gather(sigma, t, x, xp=xp) * noise(t_int, tuple(x.shape))
+        x = x_new
+        if callback is not None:
+            callback(i, t_int, x, p.pred_x0)
+    return x
+
+
+def _check_ztsnr(schedule: Any, prediction: Prediction) -> None:
+    if schedule.zero_terminal_snr and prediction is Prediction.EPSILON:
+        raise ValueError(
+            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
+            "(ᾱ_T = 0); train with prediction 'v' or 'x0' to use zero terminal SNR"
+        )
+
+
+SAMPLERS: dict[str, Callable[..., Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+
+
+def sample(name: str, *args: Any, **kwargs: Any) -> Array:
+    """Run the sampler called ``name`` (``"ddpm"`` or ``"ddim"``) with the shared signature."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+    return SAMPLERS[name](*args, **kwargs)
