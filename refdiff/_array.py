@@ -30,6 +30,7 @@ __all__ = [
     "is_floating",
     "log_ndtr",
     "stop_gradient",
+    "table_on",
 ]
 
 Array = Any
@@ -67,7 +68,7 @@ def is_floating(xp: Any, x: Array) -> bool:
     return xp.isdtype(x.dtype, "real floating")
 
 
-def _table_on(table: np.ndarray, xp: Any, dev: Any) -> Array:
+def table_on(table: np.ndarray, xp: Any, dev: Any) -> Array:
     """A float64 schedule table as an array of namespace ``xp`` on ``dev``, cached per table.
 
     The cache lives as long as the table (a weakref finalizer drops it), so converting a table to
@@ -82,7 +83,8 @@ def _table_on(table: np.ndarray, xp: Any, dev: Any) -> Array:
         weakref.finalize(table, _TABLE_CACHE.pop, key, None)
     out = cache.get((xp.__name__, str(dev)))
     if out is None:
-        out = cache[(xp.__name__, str(dev))] = xp.asarray(table, device=dev)
+        # a writable copy: torch refuses to wrap read-only NumPy memory
+        out = cache[(xp.__name__, str(dev))] = xp.asarray(np.array(table), device=dev)
     return out
 
 
@@ -96,7 +98,7 @@ def gather(table: np.ndarray, t: Array, like: Array, *, xp: Any | None = None) -
     be in range. The gather happens in float64 and the cast to the data's dtype is the last step.
     """
     xp = array_namespace(like) if xp is None else xp
-    tab = _table_on(table, xp, device(like))
+    tab = table_on(table, xp, device(like))
     vals = xp.take(tab, t, axis=0)
     vals = xp.astype(vals, like.dtype)
     return xp.reshape(vals, (vals.shape[0],) + (1,) * (like.ndim - 1))

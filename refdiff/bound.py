@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._array import Array, device, get_namespace
+from ._array import Array, device, get_namespace, table_on
 from .forward import q_sample
 from .losses import Decoder, mean_flat, prior_kl, vb_term
 from .noise import standard_normal, uniform_open
@@ -46,8 +46,7 @@ class BoundResult(NamedTuple):
 
 
 def _model_t(schedule: Any, t: Array, xp: Any, dev: Any) -> Array:
-    tab = xp.asarray(schedule.timestep_map, device=dev)
-    return xp.take(tab, t, axis=0)
+    return xp.take(table_on(schedule.timestep_map, xp, dev), t, axis=0)
 
 
 def _sample_indices(x: Array, sample_indices: Array | None, xp: Any) -> Array:
@@ -176,8 +175,8 @@ def variational_bound_mc(
     dev = device(x_start)
     cdf = np.cumsum(probs)
     cdf[-1] = 1.0
-    cdf_x = xp.asarray(cdf, device=dev)
-    probs_x = xp.asarray(probs, device=dev)
+    cdf_x = table_on(cdf, xp, dev)
+    probs_x = table_on(probs, xp, dev)
     draws = []
     for k in range(num_draws):
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.

@@ -82,22 +82,19 @@ def mean_flat(x: Array, xp: Any | None = None) -> Array:
 def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
     """KL(N(mean1, e^{logvar1}) ‖ N(mean2, e^{logvar2})) elementwise, in nats.
 
-    KL = ½ (-1 + logvar2 - logvar1 + e^{logvar1 - logvar2} + (mean1 - mean2)² e^{-logvar2}).
+    KL = ½ (-1 + logvar2 - logvar1 + e^{logvar1 - logvar2} + (mean1 - mean2)² e^{-logvar2}),
+    evaluated as ½ (expm1(d) - d + (mean1 - mean2)² e^{-logvar2}) with d = logvar1 - logvar2, which is
+    exactly 0 at equality and keeps full precision for nearly equal distributions.
     """
     xp = get_namespace(mean1, logvar1, mean2, logvar2)
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + xp.exp(logvar1 - logvar2)
-        + (mean1 - mean2) ** 2 * xp.exp(-logvar2)
-    )
+    d = logvar1 - logvar2
+    return 0.5 * (xp.expm1(d) - d + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
 
 
 def _log1mexp(d: Array, xp: Any) -> Array:
     """log(1 - e^d) for d < 0, accurate everywhere (Mächler 2012), with inputs kept finite in
     both branches so that autograd sees no inf·0."""
-    tiny = xp.finfo(d.dtype).tiny
+    tiny = xp.finfo(d.dtype).smallest_normal
     d = xp.minimum(d, -tiny)
     near = d > -LN2
     d_near = xp.where(near, d, -1.0)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import Array, gather, get_namespace
+from ._array import Array, gather, get_namespace, table_on
 from .noise import PRIOR_STEP, standard_normal
 from .reverse import Prediction, Variance, _enum, p_mean_variance
 
@@ -58,7 +58,7 @@ def _setup(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T
-    tmap = xp.asarray(schedule.timestep_map, device=device)
+    tmap = table_on(schedule.timestep_map, xp, device)
     return xp, B, x, noise, tmap
 
 

@@ -76,7 +76,7 @@ class Schedule:
             i = int(np.argmax((b <= 0) | np.append(inner >= 1, b[-1] > 1)))
             raise ValueError(
                 f"betas must lie in (0, 1) (only the last may be exactly 1, for zero terminal SNR); "
-                f"got β[{i}] = {b[i]!r}"
+                f"got β[{i}] = {float(b[i])!r}"
             )
         T = b.shape[0]
         tmap = np.arange(T, dtype=np.int64) if self.timestep_map is None else self.timestep_map
@@ -265,6 +265,11 @@ def _linear(T: int, beta_start: float | None, beta_end: float | None) -> np.ndar
     scale = 1000.0 / T
     b0 = scale * 1e-4 if beta_start is None else beta_start
     b1 = scale * 0.02 if beta_end is None else beta_end
+    if b1 >= 1 or b0 >= 1:
+        raise ValueError(
+            f"the linear schedule's default betas (1e-4 .. 0.02, scaled by 1000/T) exceed 1 for T = {T}; "
+            "pass beta_start and beta_end explicitly"
+        )
     return np.linspace(b0, b1, T, dtype=np.float64)
 
 

@@ -1,0 +1,77 @@
+"""The ``refdiff`` command: demo, train, export, sample, eval, check.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``; those modules import
+their heavy dependencies (torch, onnxruntime) only when the command runs, so ``refdiff sample``
+never imports torch and ``refdiff --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+# subcommand -> module providing add_parser(subparsers)
+COMMANDS = {
+    "demo": "refdiff.demo",
+    "train": "refdiff.training.cli",
+    "export": "refdiff.export.cli",
+    "check": "refdiff.export.cli",
+    "sample": "refdiff.runtime.cli",
+    "eval": "refdiff.evaluation.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refdiff",
+        description=(
+            "Gaussian diffusion models you can check, train, export to ONNX and sample without "
+            "PyTorch. Start with `refdiff demo`; every command has --help."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"refdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen = set()
+    for name, module in COMMANDS.items():
+        if module in seen:
+            continue
+        seen.add(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # a subsystem whose optional dependencies are missing
+            if exc.name and exc.name.startswith("refdiff"):
+                raise
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(func=lambda args, e=exc: _unavailable(e))
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def _unavailable(exc: ImportError) -> int:
+    print(f"refdiff: this command needs a missing package: {exc}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

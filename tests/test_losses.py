@@ -1,0 +1,207 @@
+"""KL, decoders and training losses: exact identities, tails, autograd."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_close, to_numpy
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import special, stats
+
+import refdiff as rd
+from refdiff import get_schedule
+
+finite = dict(allow_nan=False, allow_infinity=False, allow_subnormal=False)
+LEVELS = np.linspace(-1, 1, 256)
+
+
+@given(
+    m1=st.floats(-5, 5, **finite),
+    m2=st.floats(-5, 5, **finite),
+    l1=st.floats(-8, 3, **finite),
+    l2=st.floats(-8, 3, **finite),
+)
+def test_kl_nonnegative_zero_at_equality(m1, m2, l1, l2):
+    kl = rd.normal_kl(np.array(m1), np.array(l1), np.array(m2), np.array(l2))
+    assert kl >= -1e-12
+    assert rd.normal_kl(np.array(m1), np.array(l1), np.array(m1), np.array(l1)) == 0.0
+    # equals the textbook formula for the two distributions (scipy)
+    s1, s2 = math.exp(0.5 * l1), math.exp(0.5 * l2)
+    ref = math.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5
+    assert math.isclose(float(kl), ref, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_kl_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    m1, l1, m2, l2 = 0.3, -0.5, -0.2, 0.4
+    x = m1 + math.exp(0.5 * l1) * rng.standard_normal(n)
+    log_ratio = stats.norm.logpdf(x, m1, math.exp(0.5 * l1)) - stats.norm.logpdf(x, m2, math.exp(0.5 * l2))
+    kl = float(rd.normal_kl(np.array(m1), np.array(l1), np.array(m2), np.array(l2)))
+    assert abs(log_ratio.mean() - kl) < 5 * log_ratio.std() / math.sqrt(n)
+
+
+@given(mean=st.floats(-3, 3, **finite), log_scale=st.floats(-9, 2, **finite))
+def test_discretized_bins_sum_to_one(mean, log_scale):
+    x = LEVELS.copy()
+    ll = rd.discretized_gaussian_log_likelihood(
+        x, means=np.full(256, mean), log_scales=np.full(256, log_scale)
+    )
+    assert np.all(ll <= 0) and np.all(np.isfinite(ll))
+    assert math.isclose(special.logsumexp(ll), 0.0, abs_tol=1e-10)
+
+
+@given(mean=st.floats(-1.5, 1.5, **finite), log_scale=st.floats(-4, 1, **finite))
+def test_discretized_agrees_with_float64_cdf_differences(mean, log_scale):
+    x = LEVELS.copy()
+    s = math.exp(log_scale)
+    edges_hi = np.append(x[:-1] + 1 / 255, np.inf)
+    edges_lo = np.append(-np.inf, x[1:] - 1 / 255)
+    # mirrored tails for accuracy in the reference as well
+    p = np.where(
+        x > mean,
+        stats.norm.sf(edges_lo, mean, s) - stats.norm.sf(edges_hi, mean, s),
+        stats.norm.cdf(edges_hi, mean, s) - stats.norm.cdf(edges_lo, mean, s),
+    )
+    ll = rd.discretized_gaussian_log_likelihood(x, means=np.full(256, mean), log_scales=np.full(256, log_scale))
+    ok = p > 1e-250
+    np.testing.assert_allclose(ll[ok], np.log(p[ok]), rtol=1e-8, atol=1e-10)
+
+
+def test_discretized_far_tails_match_high_precision():
+    """Sharp Gaussians far from the bin: log P is very negative but finite and exact (mpmath)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    x = np.array([0.5, -0.5, -1.0, 1.0, 0.0])
+    mean = np.array([-0.5, 0.5, 0.9, -0.9, 0.0])
+    scale = np.array([0.01, 0.02, 0.01, 0.01, 1e-4])
+    ll = rd.discretized_gaussian_log_likelihood(x, means=mean, log_scales=np.log(scale))
+    assert np.all(np.isfinite(ll))
+    for i in range(len(x)):
+        m, s = mpmath.mpf(mean[i]), mpmath.mpf(scale[i])
+        lo = -mpmath.inf if x[i] == -1 else (mpmath.mpf(x[i]) - mpmath.mpf(1) / 255 - m) / s
+        hi = mpmath.inf if x[i] == 1 else (mpmath.mpf(x[i]) + mpmath.mpf(1) / 255 - m) / s
+        if x[i] > mean[i]:  # mirror, so that the difference is of two tiny numbers
+            lo, hi = -hi, -lo
+        ref = float(mpmath.log(mpmath.ncdf(hi) - mpmath.ncdf(lo)))
+        assert math.isclose(ll[i], ref, rel_tol=1e-11, abs_tol=1e-12), (i, ll[i], ref)
+
+
+def test_discretized_backends(xp):
+    rng = np.random.default_rng(0)
+    x = rng.choice(LEVELS, size=(4, 3, 2, 2))
+    mean = rng.uniform(-1, 1, x.shape)
+    ls = rng.uniform(-6, 0, x.shape)
+    ref = rd.discretized_gaussian_log_likelihood(x, means=mean, log_scales=ls)
+    for dtype, rtol in ((xp.float64, 1e-10), (xp.float32, 1e-4)):
+        got = rd.discretized_gaussian_log_likelihood(
+            xp.asarray(x, dtype=dtype), means=xp.asarray(mean, dtype=dtype), log_scales=xp.asarray(ls, dtype=dtype)
+        )
+        assert got.dtype == dtype
+        assert_close(got, ref, xp=xp, rtol=rtol, atol=rtol)
+
+
+def test_continuous_gaussian():
+    x = np.array([0.1, -2.0])
+    ll = rd.continuous_gaussian_log_likelihood(x, means=np.array([0.0, 1.0]), log_scales=np.array([0.0, -1.0]))
+    np.testing.assert_allclose(ll, stats.norm.logpdf(x, [0.0, 1.0], np.exp([0.0, -1.0])), rtol=1e-12)
+
+
+def test_prior_kl():
+    s = get_schedule("linear", 1000)
+    x0 = np.array([[0.5, -1.0]])
+    a = s.alphas_cumprod[-1]
+    ref = sum(
+        float(rd.normal_kl(np.array(math.sqrt(a) * v), np.array(math.log(1 - a)), np.array(0.0), np.array(0.0)))
+        for v in (0.5, -1.0)
+    )
+    assert math.isclose(float(rd.prior_kl(s, x0)[0]), ref, rel_tol=1e-12)
+    zt = get_schedule("cosine", 100, zero_terminal_snr=True)
+    assert float(rd.prior_kl(zt, x0)[0]) == 0.0
+
+
+def test_bad_decoder_input():
+    with pytest.raises(ValueError, match="shapes differ"):
+        rd.discretized_gaussian_log_likelihood(np.zeros(3), means=np.zeros(2), log_scales=np.zeros(3))
+    with pytest.raises(ValueError, match="num_bins"):
+        rd.discretized_gaussian_log_likelihood(np.zeros(3), means=np.zeros(3), log_scales=np.zeros(3), num_bins=1)
+
+
+# -- training losses on torch with autograd --------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+SCHED = get_schedule("cosine", 50)
+
+
+def _batch(C=2, learned=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((4, C, 3, 3), generator=g) * 2 - 1
+    x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 5, 30, 49])
+    xt = rd.q_sample(SCHED, x0, t, noise)
+    out = torch.randn((4, 2 * C if learned else C, 3, 3), generator=g, requires_grad=True)
+    return x0, noise, t, xt, out
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_simple_loss_targets(prediction):
+    x0, noise, t, xt, out = _batch()
+    terms = rd.training_losses(SCHED, out, x0, xt, t, noise, prediction=prediction)
+    target = {"epsilon": noise, "x0": x0, "v": rd.v_from_x0_eps(SCHED, x0, t, noise)}[prediction]
+    torch.testing.assert_close(terms.loss, ((target - out) ** 2).mean(dim=(1, 2, 3)))
+    terms.loss.sum().backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all()
+
+
+def test_hybrid_freezes_mean_in_vlb():
+    x0, noise, t, xt, out = _batch(learned=True)
+    terms = rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="hybrid", variance="learned_range")
+    assert terms.vb is not None and torch.isfinite(terms.loss).all()
+    (g_vb,) = torch.autograd.grad(terms.vb.sum(), out, retain_graph=True)
+    assert torch.all(g_vb[:, :2] == 0) and torch.any(g_vb[:, 2:] != 0)
+    (g_mse,) = torch.autograd.grad(terms.mse.sum(), out)
+    assert torch.all(g_mse[:, 2:] == 0)
+    # the vlb objective trains the mean too
+    terms = rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="vlb", variance="learned_range")
+    (g,) = torch.autograd.grad(terms.loss.sum(), out)
+    assert torch.any(g[:, :2] != 0) and torch.isfinite(g).all()
+
+
+def test_vlb_loss_is_T_times_the_term_in_bits():
+    x0, noise, t, xt, out = _batch()
+    terms = rd.training_losses(SCHED, out.detach(), x0, xt, t, noise, loss_type="vlb")
+    nats = rd.vb_term(SCHED, out.detach(), x0, xt, t).nats
+    torch.testing.assert_close(terms.loss, nats / (18 * math.log(2)) * 50)
+
+
+def test_decoder_gradients_finite_in_extreme_tails():
+    x0 = torch.tensor([[-1.0, 1.0, 0.0, 0.5]])
+    means = torch.tensor([[5.0, -5.0, 30.0, -30.0]], requires_grad=True)
+    ls = torch.full((1, 4), -6.0, requires_grad=True)
+    ll = rd.discretized_gaussian_log_likelihood(x0, means=means, log_scales=ls)
+    assert torch.isfinite(ll).all()
+    ll.sum().backward()
+    assert torch.isfinite(means.grad).all() and torch.isfinite(ls.grad).all()
+
+
+def test_training_loss_bad_input():
+    x0, noise, t, xt, out = _batch()
+    with pytest.raises(ValueError, match="only trained by the 'hybrid' or 'vlb'"):
+        rd.training_losses(SCHED, torch.cat([out, out], 1), x0, xt, t, noise, variance="learned")
+    with pytest.raises(ValueError, match="unknown losstype 'l1'"):
+        rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="l1")
+
+
+def test_torch_matches_numpy_float64():
+    x0, noise, t, xt, out = _batch(learned=True)
+    args = [a.detach().double() for a in (out, x0, xt)]
+    got = rd.training_losses(SCHED, *args, t, noise.double(), loss_type="hybrid", variance="learned_range")
+    ref = rd.training_losses(
+        SCHED, *(to_numpy(a) for a in args), t.numpy(), noise.double().numpy(), loss_type="hybrid", variance="learned_range"
+    )
+    np.testing.assert_allclose(to_numpy(got.loss), ref.loss, rtol=1e-12)
