@@ -39,7 +39,9 @@ class DiffusionConfig:
         Levels of the discretized data (256 for 8-bit images).
     """
 
-    schedule: Mapping[str, Any] = field(default_factory=lambda: {"name": "linear", "params": {}, "T": 1000})
+    schedule: Mapping[str, Any] = field(
+        default_factory=lambda: {"name": "linear", "params": {}, "T": 1000}
+    )
     prediction: str = "epsilon"
     variance: str = "fixed_small"
     image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -55,7 +57,9 @@ class DiffusionConfig:
         set_(self, "decoder", _enum(Decoder, self.decoder).value)
         shape = tuple(int(s) for s in self.image_shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}")
+            raise ValueError(
+                f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}"
+            )
         set_(self, "image_shape", shape)
         lo, hi = (float(v) for v in self.data_range)
         if not lo < hi:
@@ -91,7 +95,9 @@ class DiffusionConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown diffusion config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown diffusion config keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         kw = dict(d)
         if "image_shape" in kw:
             kw["image_shape"] = tuple(kw["image_shape"])

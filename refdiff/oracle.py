@@ -124,7 +124,9 @@ class GaussianMixtureOracle:
         eps = xp.sum(r * xp.sqrt(1.0 - a) * diff / v, axis=2)
         mu = xp.asarray(self.means, device=_dev(x_t))
         s2 = xp.asarray(self.stds**2, device=_dev(x_t))
-        x0 = xp.sum(r * (xp.permute_dims(mu, (1, 0))[None] + xp.sqrt(a) * s2 * diff / v), axis=2)
+        x0 = xp.sum(
+            r * (xp.permute_dims(mu, (1, 0))[None, ...] + xp.sqrt(a) * s2 * diff / v), axis=2
+        )
         pred = Prediction(prediction)
         if pred is Prediction.EPSILON:
             out = eps
@@ -132,7 +134,7 @@ class GaussianMixtureOracle:
             out = x0
         else:
             out = xp.sqrt(acp) * eps - xp.sqrt(1.0 - acp) * x0
-        return xp.reshape(out, x_t.shape)
+        return xp.astype(xp.reshape(out, x_t.shape), x_t.dtype)
 
     def x0_variance(self, schedule: Any, x_t: Array, t: Array) -> Array:
         """Var[x_0 | x_t] per dimension, shaped like x_t."""
@@ -141,11 +143,11 @@ class GaussianMixtureOracle:
         a = acp[:, :, None]
         mu = xp.asarray(self.means, device=_dev(x_t))
         s2 = xp.asarray(self.stds**2, device=_dev(x_t))
-        m_k = xp.permute_dims(mu, (1, 0))[None] + xp.sqrt(a) * s2 * diff / v  # [B, D, K]
+        m_k = xp.permute_dims(mu, (1, 0))[None, ...] + xp.sqrt(a) * s2 * diff / v  # [B, D, K]
         var_k = s2 * (1.0 - a) / v  # [B, 1, K]
         mean = xp.sum(r * m_k, axis=2)
         second = xp.sum(r * (var_k + m_k**2), axis=2)
-        return xp.reshape(xp.clip(second - mean**2, 0.0, None), x_t.shape)
+        return xp.astype(xp.reshape(xp.clip(second - mean**2, 0.0, None), x_t.shape), x_t.dtype)
 
     def denoiser(
         self,

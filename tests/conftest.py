@@ -48,7 +48,9 @@ def _backend_params():
     torch_ok = importlib.util.find_spec("torch") is not None
     params.append(
         pytest.param(
-            "torch", id="torch", marks=pytest.mark.skipif(not torch_ok, reason="torch not installed")
+            "torch",
+            id="torch",
+            marks=pytest.mark.skipif(not torch_ok, reason="torch not installed"),
         )
     )
     params.append(pytest.param("cupy", id="cupy", marks=pytest.mark.gpu))

@@ -73,7 +73,9 @@ def test_bayes_rule(t, data):
     q_t = rd.q_mean_variance(SCHED, x0, t)
     q_step = rd.q_step_mean_variance(SCHED, xprev, t)
     q_prev = rd.q_mean_variance(SCHED, x0, t - 1)
-    lhs = _normal_logpdf(xprev, post.mean, post.variance) + _normal_logpdf(xt, q_t.mean, q_t.variance)
+    lhs = _normal_logpdf(xprev, post.mean, post.variance) + _normal_logpdf(
+        xt, q_t.mean, q_t.variance
+    )
     rhs = _normal_logpdf(xt, q_step.mean, q_step.variance) + _normal_logpdf(
         xprev, q_prev.mean, q_prev.variance
     )
@@ -127,7 +129,9 @@ def test_backends_agree_and_keep_type(xp, dtype_name):
         r = fn(SCHED, x0_np, t_np)
         for a, b in zip(m, r, strict=True):
             assert_close(a, b, xp=xp)
-    st_ = rd.q_s_to_t_mean_variance(SCHED, x0, xp.asarray([0, 1, 2, 3]), t + 1 - xp.astype(t == 199, t.dtype))
+    st_ = rd.q_s_to_t_mean_variance(
+        SCHED, x0, xp.asarray([0, 1, 2, 3]), t + 1 - xp.astype(t == 199, t.dtype)
+    )
     assert st_.mean.dtype == dtype
 
 
@@ -136,5 +140,7 @@ def test_float32_data_keeps_float64_tables():
     x0 = np.ones((2, 1), dtype=np.float32)
     out = rd.q_mean_variance(SCHED, x0, np.array([3, 150]))
     assert out.mean.dtype == np.float32
-    np.testing.assert_array_equal(out.mean[:, 0], SCHED.sqrt_alphas_cumprod[[3, 150]].astype(np.float32))
+    np.testing.assert_array_equal(
+        out.mean[:, 0], SCHED.sqrt_alphas_cumprod[[3, 150]].astype(np.float32)
+    )
     assert SCHED.sqrt_alphas_cumprod.dtype == np.float64

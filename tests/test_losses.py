@@ -39,7 +39,9 @@ def test_kl_matches_monte_carlo():
     n = 200_000
     m1, l1, m2, l2 = 0.3, -0.5, -0.2, 0.4
     x = m1 + math.exp(0.5 * l1) * rng.standard_normal(n)
-    log_ratio = stats.norm.logpdf(x, m1, math.exp(0.5 * l1)) - stats.norm.logpdf(x, m2, math.exp(0.5 * l2))
+    log_ratio = stats.norm.logpdf(x, m1, math.exp(0.5 * l1)) - stats.norm.logpdf(
+        x, m2, math.exp(0.5 * l2)
+    )
     kl = float(rd.normal_kl(np.array(m1), np.array(l1), np.array(m2), np.array(l2)))
     assert abs(log_ratio.mean() - kl) < 5 * log_ratio.std() / math.sqrt(n)
 
@@ -66,7 +68,9 @@ def test_discretized_agrees_with_float64_cdf_differences(mean, log_scale):
         stats.norm.sf(edges_lo, mean, s) - stats.norm.sf(edges_hi, mean, s),
         stats.norm.cdf(edges_hi, mean, s) - stats.norm.cdf(edges_lo, mean, s),
     )
-    ll = rd.discretized_gaussian_log_likelihood(x, means=np.full(256, mean), log_scales=np.full(256, log_scale))
+    ll = rd.discretized_gaussian_log_likelihood(
+        x, means=np.full(256, mean), log_scales=np.full(256, log_scale)
+    )
     ok = p > 1e-250
     np.testing.assert_allclose(ll[ok], np.log(p[ok]), rtol=1e-8, atol=1e-10)
 
@@ -98,7 +102,9 @@ def test_discretized_backends(xp):
     ref = rd.discretized_gaussian_log_likelihood(x, means=mean, log_scales=ls)
     for dtype, rtol in ((xp.float64, 1e-10), (xp.float32, 1e-4)):
         got = rd.discretized_gaussian_log_likelihood(
-            xp.asarray(x, dtype=dtype), means=xp.asarray(mean, dtype=dtype), log_scales=xp.asarray(ls, dtype=dtype)
+            xp.asarray(x, dtype=dtype),
+            means=xp.asarray(mean, dtype=dtype),
+            log_scales=xp.asarray(ls, dtype=dtype),
         )
         assert got.dtype == dtype
         assert_close(got, ref, xp=xp, rtol=rtol, atol=rtol)
@@ -106,8 +112,12 @@ def test_discretized_backends(xp):
 
 def test_continuous_gaussian():
     x = np.array([0.1, -2.0])
-    ll = rd.continuous_gaussian_log_likelihood(x, means=np.array([0.0, 1.0]), log_scales=np.array([0.0, -1.0]))
-    np.testing.assert_allclose(ll, stats.norm.logpdf(x, [0.0, 1.0], np.exp([0.0, -1.0])), rtol=1e-12)
+    ll = rd.continuous_gaussian_log_likelihood(
+        x, means=np.array([0.0, 1.0]), log_scales=np.array([0.0, -1.0])
+    )
+    np.testing.assert_allclose(
+        ll, stats.norm.logpdf(x, [0.0, 1.0], np.exp([0.0, -1.0])), rtol=1e-12
+    )
 
 
 def test_prior_kl():
@@ -115,7 +125,11 @@ def test_prior_kl():
     x0 = np.array([[0.5, -1.0]])
     a = s.alphas_cumprod[-1]
     ref = sum(
-        float(rd.normal_kl(np.array(math.sqrt(a) * v), np.array(math.log(1 - a)), np.array(0.0), np.array(0.0)))
+        float(
+            rd.normal_kl(
+                np.array(math.sqrt(a) * v), np.array(math.log(1 - a)), np.array(0.0), np.array(0.0)
+            )
+        )
         for v in (0.5, -1.0)
     )
     assert math.isclose(float(rd.prior_kl(s, x0)[0]), ref, rel_tol=1e-12)
@@ -125,9 +139,13 @@ def test_prior_kl():
 
 def test_bad_decoder_input():
     with pytest.raises(ValueError, match="shapes differ"):
-        rd.discretized_gaussian_log_likelihood(np.zeros(3), means=np.zeros(2), log_scales=np.zeros(3))
+        rd.discretized_gaussian_log_likelihood(
+            np.zeros(3), means=np.zeros(2), log_scales=np.zeros(3)
+        )
     with pytest.raises(ValueError, match="num_bins"):
-        rd.discretized_gaussian_log_likelihood(np.zeros(3), means=np.zeros(3), log_scales=np.zeros(3), num_bins=1)
+        rd.discretized_gaussian_log_likelihood(
+            np.zeros(3), means=np.zeros(3), log_scales=np.zeros(3), num_bins=1
+        )
 
 
 # -- training losses on torch with autograd --------------------------------------------------
@@ -160,14 +178,18 @@ def test_simple_loss_targets(prediction):
 
 def test_hybrid_freezes_mean_in_vlb():
     x0, noise, t, xt, out = _batch(learned=True)
-    terms = rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="hybrid", variance="learned_range")
+    terms = rd.training_losses(
+        SCHED, out, x0, xt, t, noise, loss_type="hybrid", variance="learned_range"
+    )
     assert terms.vb is not None and torch.isfinite(terms.loss).all()
     (g_vb,) = torch.autograd.grad(terms.vb.sum(), out, retain_graph=True)
     assert torch.all(g_vb[:, :2] == 0) and torch.any(g_vb[:, 2:] != 0)
     (g_mse,) = torch.autograd.grad(terms.mse.sum(), out)
     assert torch.all(g_mse[:, 2:] == 0)
     # the vlb objective trains the mean too
-    terms = rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="vlb", variance="learned_range")
+    terms = rd.training_losses(
+        SCHED, out, x0, xt, t, noise, loss_type="vlb", variance="learned_range"
+    )
     (g,) = torch.autograd.grad(terms.loss.sum(), out)
     assert torch.any(g[:, :2] != 0) and torch.isfinite(g).all()
 
@@ -200,8 +222,15 @@ def test_training_loss_bad_input():
 def test_torch_matches_numpy_float64():
     x0, noise, t, xt, out = _batch(learned=True)
     args = [a.detach().double() for a in (out, x0, xt)]
-    got = rd.training_losses(SCHED, *args, t, noise.double(), loss_type="hybrid", variance="learned_range")
+    got = rd.training_losses(
+        SCHED, *args, t, noise.double(), loss_type="hybrid", variance="learned_range"
+    )
     ref = rd.training_losses(
-        SCHED, *(to_numpy(a) for a in args), t.numpy(), noise.double().numpy(), loss_type="hybrid", variance="learned_range"
+        SCHED,
+        *(to_numpy(a) for a in args),
+        t.numpy(),
+        noise.double().numpy(),
+        loss_type="hybrid",
+        variance="learned_range",
     )
     np.testing.assert_allclose(to_numpy(got.loss), ref.loss, rtol=1e-12)

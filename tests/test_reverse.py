@@ -152,7 +152,9 @@ def test_backends_agree(xp, prediction):
     t_np = np.array([0, 40, 99])
     xt_np = rd.q_sample(SCHED, x0_np, t_np, eps_np)
     out_np = np.concatenate([eps_np, np.tanh(eps_np)], axis=1)
-    ref = rd.p_mean_variance(SCHED, out_np, xt_np, t_np, prediction=prediction, variance="learned_range")
+    ref = rd.p_mean_variance(
+        SCHED, out_np, xt_np, t_np, prediction=prediction, variance="learned_range"
+    )
     got = rd.p_mean_variance(
         SCHED,
         xp.asarray(out_np, dtype=xp.float32),

@@ -45,7 +45,13 @@ def test_zero_terminal_snr(name):
 
 def test_tables_are_float64_and_read_only():
     s = get_schedule("cosine", 50)
-    for name in ("betas", "alphas_cumprod", "posterior_variance", "posterior_mean_coef1", "log_snr"):
+    for name in (
+        "betas",
+        "alphas_cumprod",
+        "posterior_variance",
+        "posterior_mean_coef1",
+        "log_snr",
+    ):
         tab = getattr(s, name)
         assert tab.dtype == np.float64
         with pytest.raises(ValueError):

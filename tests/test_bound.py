@@ -1,0 +1,161 @@
+"""The variational bound against the analytic oracle: it is a bound, and it is tight when exact."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import refdiff as rd
+from refdiff import GaussianMixtureOracle, get_schedule
+
+LN2 = math.log(2)
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    oracle = GaussianMixtureOracle.gaussian([0.3, -0.2], 0.2)
+    x0 = oracle.sample(512, np.random.default_rng(0))
+    return oracle, x0
+
+
+def _exact_nll_bpd(oracle, x0):
+    return oracle.nll(x0) / (oracle.dim * LN2)
+
+
+def test_bound_equals_nll_with_exact_reverse_process(gauss):
+    """Gaussian data + exact mean and exact reverse variance: p_θ is the true reverse process, so
+    E[bound] = NLL + KL(q(x_T) ‖ N(0, I)) exactly; checked within Monte-Carlo error."""
+    oracle, x0 = gauss
+    s = get_schedule("linear", 1000)
+    res = rd.variational_bound(
+        s, oracle.denoiser(s, "epsilon", "learned"), x0, variance="learned", decoder="gaussian"
+    )
+    diff = res.total_bpd - _exact_nll_bpd(oracle, x0)
+    prior_gap = oracle.prior_mismatch_kl(s) / (oracle.dim * LN2)
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert abs(diff.mean() - prior_gap) < 4 * se + 1e-9
+    assert se < 0.05  # the test has power
+    np.testing.assert_allclose(res.total_bpd, res.prior_bpd + res.terms_bpd.sum(1), rtol=1e-12)
+    assert res.terms_bpd.shape == (512, 1000) and res.x0_mse.shape == (512, 1000)
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_bound_is_at_least_the_nll(gauss, variance, name):
+    oracle, x0 = gauss
+    s = get_schedule(name, 200)
+    res = rd.variational_bound(s, oracle.denoiser(s), x0, variance=variance, decoder="gaussian")
+    diff = res.total_bpd - _exact_nll_bpd(oracle, x0)
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert diff.mean() > -4 * se
+    assert np.all(res.terms_bpd[:, 1:] >= 0)  # KL terms
+
+
+def test_bound_of_a_mixture_is_at_least_its_nll():
+    oracle = GaussianMixtureOracle(
+        np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.15, 0.1])
+    )
+    x0 = oracle.sample(400, np.random.default_rng(1))
+    s = get_schedule("cosine", 300)
+    res = rd.variational_bound(
+        s, oracle.denoiser(s, "epsilon", "learned"), x0, variance="learned", decoder="gaussian"
+    )
+    diff = res.total_bpd - oracle.nll(x0) / LN2
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert diff.mean() > -4 * se
+
+
+def test_monte_carlo_estimate_is_unbiased(gauss):
+    oracle, x0 = gauss
+    x0 = x0[:128]
+    s = get_schedule("cosine", 100)
+    den = oracle.denoiser(s)
+    full = rd.variational_bound(s, den, x0, decoder="gaussian").total_bpd
+    mc = rd.variational_bound_mc(s, den, x0, num_draws=64, decoder="gaussian")
+    assert mc.estimate_bpd.shape == (128,) and np.all(mc.stderr_bpd > 0)
+    # the average over examples: both unbiased for the same quantity
+    z = (mc.estimate_bpd.mean() - full.mean()) / math.sqrt(
+        (mc.stderr_bpd**2).mean() / 128 + full.var(ddof=1) / 128
+    )
+    assert abs(z) < 4
+    # importance sampling with any positive p(t) is unbiased too
+    probs = np.linspace(1, 5, 100)
+    probs /= probs.sum()
+    imp = rd.variational_bound_mc(
+        s, den, x0, num_draws=64, timestep_probs=probs, decoder="gaussian"
+    )
+    z = (imp.estimate_bpd.mean() - full.mean()) / math.sqrt(
+        (imp.stderr_bpd**2).mean() / 128 + full.var(ddof=1) / 128
+    )
+    assert abs(z) < 4
+
+
+def test_discretized_bound_on_8bit_data():
+    """On 8-bit data the discretized decoder's bound is a bound on the discrete NLL: it is
+    positive, and it is far below the 8 bits/dim of a uniform model for concentrated data."""
+    rng = np.random.default_rng(2)
+    levels = np.round(np.clip(rng.normal(0.2, 0.05, (64, 4)), -1, 1) * 127.5) / 127.5
+    oracle = GaussianMixtureOracle.gaussian(np.full(4, 0.2), 0.05)
+    s = get_schedule("cosine", 100)
+    res = rd.variational_bound(s, oracle.denoiser(s), levels)
+    assert np.all(res.total_bpd > 0) and res.total_bpd.mean() < 8
+
+
+def test_bound_is_independent_of_batch_composition(gauss):
+    oracle, x0 = gauss
+    s = get_schedule("cosine", 50)
+    den = oracle.denoiser(s)
+    whole = rd.variational_bound(s, den, x0[:8], decoder="gaussian").total_bpd
+    part = rd.variational_bound(
+        s, den, x0[3:5], decoder="gaussian", sample_indices=np.arange(3, 5)
+    ).total_bpd
+    np.testing.assert_allclose(part, whole[3:5], rtol=1e-12)
+
+
+def test_respaced_bound_calls_model_with_original_timesteps(gauss):
+    oracle, x0 = gauss
+    base = get_schedule("linear", 1000)
+    r = base.respace(rd.space_timesteps(1000, 100))
+    seen = []
+
+    def den(x, t):
+        seen.append(int(t[0]))
+        return oracle.predict(r, x, t - t + np.searchsorted(r.timestep_map, t), "epsilon")
+
+    res = rd.variational_bound(r, den, x0[:64], decoder="gaussian")
+    assert sorted(set(seen)) == list(r.timestep_map)
+    full = rd.variational_bound(base, oracle.denoiser(base), x0[:64], decoder="gaussian")
+    # fewer steps give a looser bound on average, still above the NLL
+    nll = _exact_nll_bpd(oracle, x0[:64]).mean()
+    assert res.total_bpd.mean() > nll - 0.1 and full.total_bpd.mean() > nll - 0.1
+
+
+def test_bound_backends(xp):
+    oracle = GaussianMixtureOracle.gaussian([0.1, 0.0], 0.3)
+    x0_np = oracle.sample(6, np.random.default_rng(3))
+    s = get_schedule("cosine", 20)
+    ref = rd.variational_bound(s, oracle.denoiser(s), x0_np, decoder="gaussian")
+    got = rd.variational_bound(s, oracle.denoiser(s), xp.asarray(x0_np), decoder="gaussian")
+    assert_close(got.total_bpd, ref.total_bpd, xp=xp, rtol=1e-9)
+
+
+def test_bound_bad_input(gauss):
+    oracle, x0 = gauss
+    s = get_schedule("cosine", 10)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        rd.variational_bound(s, oracle.denoiser(s), x0 * 10)
+    with pytest.raises(ValueError, match="num_draws"):
+        rd.variational_bound_mc(s, oracle.denoiser(s), x0, num_draws=1, decoder="gaussian")
+    with pytest.raises(ValueError, match="sum to 1"):
+        rd.variational_bound_mc(
+            s, oracle.denoiser(s), x0, timestep_probs=np.full(10, 0.2), decoder="gaussian"
+        )
+    with pytest.raises(ValueError, match="positive"):
+        rd.variational_bound_mc(
+            s, oracle.denoiser(s), x0, timestep_probs=np.eye(10)[0], decoder="gaussian"
+        )
+    with pytest.raises(ValueError, match="needs 4 output channels"):
+        rd.variational_bound(s, oracle.denoiser(s), x0, variance="learned", decoder="gaussian")
