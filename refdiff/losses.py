@@ -216,7 +216,7 @@ def vb_term(
     kl = sum_flat(
         normal_kl(true_mean, xp.broadcast_to(true_log_var, x_t.shape), p.mean, p.log_variance), xp
     )
-    log_scales = 0.5 * p.log_variance
+    log_scales = xp.broadcast_to(0.5 * p.log_variance, x_t.shape)
     if decoder is Decoder.DISCRETIZED:
         ll = discretized_gaussian_log_likelihood(x_start, means=p.mean, log_scales=log_scales)
     else:

@@ -173,13 +173,18 @@ def split_model_output(
 
 
 class PMeanVariance(NamedTuple):
-    """p_θ(x_{t-1} | x_t) and the predictions it came from."""
+    """p_θ(x_{t-1} | x_t) and the predictions it came from.
+
+    ``variance`` and ``log_variance`` broadcast against ``mean``: shape [B, 1, …, 1] for the fixed
+    variance types (no per-element work), the full shape for learned ones. ``pred_eps`` is None
+    only when the caller asked not to compute it (inside the DDPM sampler).
+    """
 
     mean: Array
     variance: Array
     log_variance: Array
     pred_x0: Array
-    pred_eps: Array
+    pred_eps: Array | None
 
 
 def p_mean_variance(
@@ -211,18 +216,32 @@ def p_mean_variance(
     if model_output.dtype != x_t.dtype:
         raise TypeError(f"model output dtype {model_output.dtype} differs from x_t's {x_t.dtype}")
     t = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
-    out, var_out = split_model_output(model_output, x_t, variance)
+    return _p_mean_variance(
+        schedule, model_output, x_t, t, prediction, variance, clip_denoised, data_range, xp
+    )
 
+
+def _p_mean_variance(
+    schedule: Any,
+    model_output: Array,
+    x_t: Array,
+    t: Array,
+    prediction: Prediction,
+    variance: Variance,
+    clip_denoised: bool,
+    data_range: tuple[float, float],
+    xp: Any,
+    want_eps: bool = True,
+) -> PMeanVariance:
+    """:func:`p_mean_variance` for checked inputs; ``want_eps=False`` skips ε̂ where not free."""
+    out, var_out = split_model_output(model_output, x_t, variance)
     if variance is Variance.FIXED_SMALL:
         # at index 0 the variance of p(x_0 | x_1) is the clipped one (β̃_1), consistent with its log
         log_var = gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp)
         var = gather(schedule.posterior_variance_clipped, t, x_t, xp=xp)
-        log_var, var = xp.broadcast_to(log_var, x_t.shape), xp.broadcast_to(var, x_t.shape)
     elif variance is Variance.FIXED_LARGE:
-        log_var = xp.broadcast_to(
-            gather(schedule.fixed_large_log_variance, t, x_t, xp=xp), x_t.shape
-        )
-        var = xp.broadcast_to(gather(schedule.fixed_large_variance, t, x_t, xp=xp), x_t.shape)
+        log_var = gather(schedule.fixed_large_log_variance, t, x_t, xp=xp)
+        var = gather(schedule.fixed_large_variance, t, x_t, xp=xp)
     elif variance is Variance.LEARNED:
         log_var = var_out
         var = xp.exp(log_var)
@@ -233,21 +252,21 @@ def p_mean_variance(
         log_var = frac * max_log + (1.0 - frac) * min_log
         var = xp.exp(log_var)
 
+    pred_eps = None
     if prediction is Prediction.EPSILON:
         _check_recoverable(schedule, t, xp, "ε")
         pred_eps = out
         pred_x0 = _x0_from_eps(schedule, x_t, t, out, xp)
     elif prediction is Prediction.X0:
         pred_x0 = out
-        pred_eps = None
     else:
         pred_x0 = _x0_from_v(schedule, x_t, t, out, xp)
-        pred_eps = _eps_from_v(schedule, x_t, t, out, xp)
+        pred_eps = _eps_from_v(schedule, x_t, t, out, xp) if want_eps else None
     if clip_denoised:
         lo, hi = data_range
         pred_x0 = xp.clip(pred_x0, lo, hi)
-        pred_eps = None  # recomputed from the clipped x_0 below
-    if pred_eps is None:
+        pred_eps = None  # recomputed from the clipped x_0 below, so that the pair is consistent
+    if pred_eps is None and want_eps:
         pred_eps = _eps_from_x0(schedule, x_t, t, pred_x0, xp)
     mean = _posterior_mean(schedule, pred_x0, x_t, t, xp)
     return PMeanVariance(mean, var, log_var, pred_x0, pred_eps)

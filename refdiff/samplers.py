@@ -18,7 +18,7 @@ import numpy as np
 
 from ._array import Array, gather, get_namespace, table_on
 from .noise import PRIOR_STEP, standard_normal
-from .reverse import Prediction, Variance, _enum, p_mean_variance
+from .reverse import Prediction, Variance, _enum, _p_mean_variance
 
 __all__ = ["SAMPLERS", "ddim_sample", "ddpm_sample", "sample"]
 
@@ -94,16 +94,9 @@ def ddpm_sample(
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=device)
-        out = denoiser(x, xp.take(tmap, t, axis=0))
-        p = p_mean_variance(
-            schedule,
-            out,
-            x,
-            t,
-            prediction=prediction,
-            variance=variance,
-            clip_denoised=clip_denoised,
-            data_range=data_range,
+        out = _checked_output(denoiser(x, xp.take(tmap, t, axis=0)), x)
+        p = _p_mean_variance(
+            schedule, out, x, t, prediction, variance, clip_denoised, data_range, xp, want_eps=False
         )
         if t_int > 0:
             x = p.mean + xp.exp(0.5 * p.log_variance) * noise(t_int, tuple(x.shape))
@@ -157,16 +150,9 @@ def ddim_sample(
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=device)
-        out = denoiser(x, xp.take(tmap, t, axis=0))
-        p = p_mean_variance(
-            schedule,
-            out,
-            x,
-            t,
-            prediction=prediction,
-            variance=variance,
-            clip_denoised=clip_denoised,
-            data_range=data_range,
+        out = _checked_output(denoiser(x, xp.take(tmap, t, axis=0)), x)
+        p = _p_mean_variance(
+            schedule, out, x, t, prediction, variance, clip_denoised, data_range, xp
         )
         # p.pred_eps is recomputed from the clipped x̂_0 when clipping (consistent pair).
         x_new = (
@@ -179,6 +165,17 @@ def ddim_sample(
         if callback is not None:
             callback(i, t_int, x, p.pred_x0)
     return x
+
+
+def _checked_output(out: Array, x: Array) -> Array:
+    """The denoiser's output must be an array of x's namespace and dtype (no silent casts)."""
+    if type(out) is not type(x):
+        raise TypeError(
+            f"the denoiser returned {type(out).__name__}, expected {type(x).__name__} like x_t"
+        )
+    if out.dtype != x.dtype:
+        raise TypeError(f"the denoiser returned dtype {out.dtype}, expected {x.dtype} like x_t")
+    return out
 
 
 def _check_ztsnr(schedule: Any, prediction: Prediction) -> None:

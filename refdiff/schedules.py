@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,8 +56,10 @@ class Schedule:
     name: str = "custom"
     params: Mapping[str, Any] = field(default_factory=dict)
     timestep_map: np.ndarray | None = None
+    #: 1 - β when it is known more precisely than 1 - β can be computed (respacing: ᾱ_k / ᾱ_j)
+    alphas_exact: InitVar[np.ndarray | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, alphas_exact: np.ndarray | None) -> None:
         b = np.asarray(self.betas)
         if b.dtype.kind not in "fiu":
             raise TypeError(f"betas must be real numbers, got dtype {b.dtype}")
@@ -92,7 +94,9 @@ class Schedule:
         set_(self, "timestep_map", _readonly(tmap.astype(np.int64)))
         set_(self, "params", dict(self.params))
 
-        alphas = 1.0 - b
+        alphas = 1.0 - b if alphas_exact is None else np.asarray(alphas_exact, dtype=np.float64)
+        if alphas.shape != b.shape or np.any(np.abs(alphas - (1.0 - b)) > 1e-12):
+            raise ValueError("alphas_exact must equal 1 - betas")
         acp = np.cumprod(alphas)
         acp_prev = np.append(1.0, acp[:-1])
         acp_next = np.append(acp[1:], 0.0)
@@ -190,14 +194,14 @@ class Schedule:
             raise ValueError("respaced timesteps must be strictly increasing (sorted, no repeats)")
         acp = self.alphas_cumprod[k]
         prev = np.append(1.0, acp[:-1])
-        betas = 1.0 - acp / prev
-        if self.zero_terminal_snr and k[-1] == T - 1:
-            betas[-1] = 1.0
+        alphas = acp / prev  # exact ratios: 1 - (1 - r) would lose r's precision when r is small
+        betas = 1.0 - alphas
         return Schedule(
             betas,
             name=self.name,
             params=self.params,
             timestep_map=self.timestep_map[k],
+            alphas_exact=alphas,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import pytest
 from conftest import assert_close, to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats
 
 import refdiff as rd
 from refdiff import get_schedule

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import array_api_compat.numpy as npx
 import numpy as np
 import pytest
 from conftest import to_numpy
 from scipy import stats
 
-import array_api_compat.numpy as npx
 from refdiff.noise import PRIOR_STEP, philox4x32, standard_normal, uniform_open
 
 # Random123's known-answer vectors for philox4x32 with 10 rounds: counter, key, result.
