@@ -59,7 +59,7 @@ def _setup(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T
     tmap = table_on(schedule.timestep_map, xp, device)
-    return xp, B, x, noise, tmap
+    return xp, B, x, noise, tmap, idx
 
 
 def ddpm_sample(
@@ -79,18 +79,40 @@ def ddpm_sample(
     noise: Callable[[int, tuple[int, ...]], Array] | None = None,
     x_T: Array | None = None,
     callback: Callback | None = None,
+    fused: bool = False,
 ) -> Array:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2).
 
     x_T ~ N(0, I); for t = T-1, …, 0: x_{t-1} = μ_θ(x_t, t) + σ_t z with z ~ N(0, I) for t > 0
     (no noise at the last step), σ_t² given by ``variance``. On a respaced schedule the betas are
     the respaced ones and the denoiser sees the original timestep indices.
+
+    ``fused=True`` (CuPy, float32, ε-prediction, fixed variance, the built-in noise) runs each
+    update and its noise draw as one CUDA kernel (:mod:`refdiff.fused`), equal to this generic
+    path; the callback then receives ``pred_x0=None``.
     """
-    xp, B, x, noise, tmap = _setup(
-        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
-    )
     prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
     _check_ztsnr(schedule, prediction)
+    if fused:
+        return _ddpm_fused(
+            schedule,
+            denoiser,
+            shape,
+            prediction,
+            variance,
+            clip_denoised,
+            data_range,
+            seed,
+            sample_indices,
+            xp,
+            dtype,
+            noise,
+            x_T,
+            callback,
+        )
+    xp, B, x, noise, tmap, _ = _setup(
+        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
+    )
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=device)
@@ -133,7 +155,7 @@ def ddim_sample(
     DDPM's fixed-small variance. Pass a respaced schedule (``schedule.respace(...)``) for fewer steps.
     A learned variance's channels are ignored (DDIM sets its own σ).
     """
-    xp, B, x, noise, tmap = _setup(
+    xp, B, x, noise, tmap, _ = _setup(
         schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
     )
     prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
@@ -164,6 +186,62 @@ def ddim_sample(
         x = x_new
         if callback is not None:
             callback(i, t_int, x, p.pred_x0)
+    return x
+
+
+def _ddpm_fused(
+    schedule,
+    denoiser,
+    shape,
+    prediction,
+    variance,
+    clip_denoised,
+    data_range,
+    seed,
+    sample_indices,
+    xp,
+    dtype,
+    noise,
+    x_T,
+    callback,
+):
+    """The DDPM loop with one fused CUDA kernel per update (see :func:`ddpm_sample`)."""
+    from array_api_compat import is_cupy_namespace
+
+    from .fused import ddpm_step_eps_cuda, standard_normal_cuda
+
+    if xp is None or not is_cupy_namespace(xp):
+        raise ValueError("fused=True needs the CuPy namespace (xp=array_api_compat.cupy)")
+    if dtype is not None and dtype != xp.float32:
+        raise ValueError(f"fused=True runs in float32, got dtype {dtype}")
+    if prediction is not Prediction.EPSILON or variance.learned:
+        raise ValueError("fused=True supports the ε prediction with a fixed variance")
+    if noise is not None:
+        raise ValueError("fused=True draws its own counter-based noise; do not pass noise=")
+    B = int(shape[0])
+    idx = (
+        xp.arange(B, dtype=xp.int64)
+        if sample_indices is None
+        else xp.astype(xp.asarray(sample_indices), xp.int64)
+    )
+    x = standard_normal_cuda(seed, idx, PRIOR_STEP, tuple(shape[1:])) if x_T is None else x_T
+    for i, t_int in enumerate(range(schedule.num_timesteps - 1, -1, -1)):
+        t_model = xp.full((B,), int(schedule.timestep_map[t_int]), dtype=xp.int64)
+        out = _checked_output(denoiser(x, t_model), x)
+        new = ddpm_step_eps_cuda(
+            schedule,
+            x,
+            out,
+            t_int,
+            seed=seed,
+            sample_indices=idx,
+            clip_denoised=clip_denoised,
+            data_range=data_range,
+            variance=variance.value,
+        )
+        x = new
+        if callback is not None:
+            callback(i, t_int, x, None)
     return x
 
 
