@@ -180,7 +180,8 @@ def variational_bound_mc(
     draws = []
     for k in range(num_draws):
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
-        u = uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0]
+        # a contiguous copy of the column: torch's searchsorted warns on strided input
+        u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
         t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
         t = xp.astype(t, xp.int64)
         noise = standard_normal(

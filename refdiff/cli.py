@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
         print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:  # an optional dependency of this command is missing
+        print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

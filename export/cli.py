@@ -1,0 +1,192 @@
+"""``refdiff export`` (checkpoint -> ONNX, then the parity check) and ``refdiff check``.
+
+Nothing heavy at module level: torch, onnx and onnxruntime are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run_check", "run_export"]
+
+EXPORT_EPILOG = """\
+examples:
+  refdiff export runs/digits --out model.onnx
+      the latest checkpoint of the run folder runs/digits, EMA weights, float32; then checks the
+      file against PyTorch and prints the parity table
+  refdiff export runs/digits/checkpoints/step-00010000 --out model-fp16.onnx --fp16
+      a float16 model (half the size; float32 inputs, outputs and normalisations); the table
+      then gives its error against the float32 PyTorch model
+  refdiff sample model.onnx --n 64 --out samples.png
+      what to do next: sample from it, no PyTorch needed
+
+The file carries the model's diffusion settings in its metadata (see docs/onnx.md).
+"""
+
+CHECK_EPILOG = """\
+examples:
+  refdiff check model.onnx runs/digits
+      run model.onnx (onnxruntime, CPU) and the run's latest checkpoint (PyTorch) on the same
+      random inputs at batch sizes 1 and 3 and timesteps 0, T/2, T-1; print max abs and max rel
+      error per case; exit 1 if any case is above tolerance or the file does not match
+  refdiff check model-fp16.onnx runs/digits --atol 0.05 --rtol 0.05
+      looser tolerances (defaults: 1e-4 for float32 files, 2e-2 for float16 ones)
+"""
+
+
+def _positive_int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,3, got {text!r}")
+    return values
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``export`` and ``check``."""
+    e = subparsers.add_parser(
+        "export",
+        help="export a trained checkpoint to one ONNX file, then check it against PyTorch",
+        description=(
+            "Export the denoiser of a checkpoint (EMA weights by default) to ONNX: inputs x "
+            "[B,C,H,W] float32 and t [B] int64, output model_output, dynamic batch, weights in "
+            "the file, the diffusion settings in its metadata. The file then goes through "
+            "onnx.checker and an onnxruntime-vs-PyTorch parity check. Needs refdiff[torch] and "
+            "refdiff[onnx]."
+        ),
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    e.add_argument(
+        "--out", default="model.onnx", help="the .onnx file to write (default: model.onnx)"
+    )
+    e.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights and arithmetic; inputs, outputs and normalisations stay float32",
+    )
+    e.add_argument(
+        "--no-ema", action="store_true", help="export the raw weights instead of the EMA weights"
+    )
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
+    e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
+    e.set_defaults(func=run_export)
+
+    c = subparsers.add_parser(
+        "check",
+        help="compare an ONNX file with its checkpoint (parity report; exit 1 on failure)",
+        description=(
+            "Run an exported model in onnxruntime (CPU) and its checkpoint in PyTorch on the same "
+            "fresh random inputs; check the metadata, the output names, shapes and values; print "
+            "the max absolute and relative error per batch size and timestep. Exits 1 if "
+            "anything is off. Needs refdiff[torch] and refdiff[onnx]."
+        ),
+        epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("model", help="the .onnx file")
+    c.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    c.add_argument(
+        "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
+    )
+    c.add_argument(
+        "--batch-sizes",
+        type=_positive_int_list,
+        default=(1, 3),
+        metavar="B1,B2",
+        help="batch sizes to run (default: 1,3)",
+    )
+    c.add_argument("--atol", type=_non_negative_float, default=None, help="absolute tolerance")
+    c.add_argument("--rtol", type=_non_negative_float, default=None, help="relative tolerance")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    c.set_defaults(func=run_check)
+
+
+def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
+    try:
+        from refdiff.training.checkpoint import load_model
+    except ImportError as exc:
+        raise ImportError(
+            f"loading a checkpoint needs PyTorch and refdiff's trainer: pip install "
+            f"'refdiff[torch]' ({exc})"
+        ) from exc
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+    return load_model(checkpoint, ema=ema)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .onnx_export import ParityError, export_onnx, verify_onnx
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a directory; give a file name like model.onnx")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
+    weights = "raw" if args.no_ema else "EMA"
+    print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
+    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16)
+    size = out.stat().st_size / 2**20
+    dtype = "float16" if args.fp16 else "float32"
+    print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
+    if args.no_verify:
+        return 0
+    try:
+        report = verify_onnx(model, out)
+    except ParityError as exc:
+        print(exc.report.table())
+        print(
+            f"refdiff export: error: {out} failed the parity check (the file is kept)",
+            file=sys.stderr,
+        )
+        return 1
+    print(report.table())
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .onnx_export import ParityError, verify_onnx
+
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
+    model, _ = _load_model(args.checkpoint, ema=not args.no_ema)
+    try:
+        report = verify_onnx(
+            model,
+            model_path,
+            batch_sizes=args.batch_sizes,
+            atol=args.atol,
+            rtol=args.rtol,
+            seed=args.seed,
+        )
+    except ParityError as exc:
+        print(exc.report.table())
+        n = len(exc.report.failures)
+        print(
+            f"refdiff check: error: {model_path} does not match the checkpoint "
+            f"({n} problem(s), listed above)",
+            file=sys.stderr,
+        )
+        return 1
+    print(report.table())
+    return 0

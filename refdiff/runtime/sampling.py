@@ -1,0 +1,335 @@
+"""Sample many images from a denoiser: chunks of bounded memory, shards, uint8 output files.
+
+:func:`sample_images` runs the core's samplers (:mod:`refdiff.samplers`) around a denoiser such as
+:class:`~refdiff.runtime.OnnxDenoiser`, on the denoiser's own array namespace (NumPy on the CPU,
+CuPy on a GPU). Every sample has a global index and its noise is a pure function of (seed, index,
+step), so
+
+- the batch size only bounds memory: it never changes a sample;
+- ``shard=(k, N)`` draws the contiguous block ``k`` of ``N`` of the indices ``0 … n-1``, and the
+  shards ``0 … N-1`` concatenated are exactly the samples of the unsharded run.
+
+No torch here, nor anywhere this module imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..config import DiffusionConfig
+from ..samplers import SAMPLERS, Callback, sample
+from ..schedules import Schedule, space_timesteps
+
+__all__ = [
+    "Denoiser",
+    "check_output_path",
+    "parse_shard",
+    "sample_array",
+    "sample_images",
+    "sampling_schedule",
+    "save_samples",
+    "shard_range",
+    "to_uint8",
+]
+
+
+class Denoiser(Protocol):
+    """What :func:`sample_images` needs: ``(x, t) -> model_output`` plus the model's settings.
+
+    ``xp`` (the array namespace the denoiser takes) is optional and defaults to NumPy.
+    """
+
+    diffusion: DiffusionConfig
+    schedule: Schedule
+
+    def __call__(self, x: Any, t: Any) -> Any: ...
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``; ``None`` stays ``None``.
+
+    Shards are numbered from 0, like process ranks: ``--shard $RANK/$WORLD_SIZE``.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        parts = spec.strip().split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(
+                f"shard must look like K/N (shard K of N, K counted from 0, e.g. 0/4), got {spec!r}"
+            )
+        k, n = (int(p) for p in parts)
+    else:
+        try:
+            k, n = spec
+        except (TypeError, ValueError):
+            raise ValueError(f"shard must be (K, N) or 'K/N', got {spec!r}") from None
+        k = _check_int(k, "shard index K", 0)
+        n = _check_int(n, "shard count N", 1)
+    if n < 1:
+        raise ValueError(f"shard count N must be >= 1, got {spec!r}")
+    if not 0 <= k < n:
+        raise ValueError(
+            f"shard index K must be in [0, {n - 1}] for N = {n} shards (counted from 0), got {spec!r}"
+        )
+    return k, n
+
+
+def shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """The global sample indices ``[start, stop)`` of ``shard`` in a run of ``n`` samples."""
+    n = _check_int(n, "the number of samples n", 1)
+    if shard is None:
+        return 0, n
+    k, count = parse_shard(shard)  # type: ignore[misc]
+    if n < count:
+        raise ValueError(f"cannot split n = {n} samples over {count} shards (need n >= shards)")
+    return k * n // count, (k + 1) * n // count
+
+
+def sampling_schedule(schedule: Schedule, steps: int | None) -> Schedule:
+    """``schedule`` itself (``steps`` None or T) or respaced to ``steps`` evenly spaced steps."""
+    T = schedule.num_timesteps
+    if steps is None:
+        return schedule
+    steps = _check_int(steps, "steps", 1)
+    if steps > T:
+        raise ValueError(
+            f"cannot sample with {steps} steps: the model was trained with T = {T} steps "
+            f"(choose 1 <= steps <= {T})"
+        )
+    return schedule if steps == T else schedule.respace(space_timesteps(T, steps))
+
+
+def to_uint8(x: np.ndarray, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Map samples in ``data_range`` to 8-bit levels 0..255 (rounded, clipped)."""
+    lo, hi = data_range
+    y = np.rint((np.asarray(x, dtype=np.float64) - lo) * (255.0 / (hi - lo)))
+    return np.clip(y, 0, 255).astype(np.uint8)
+
+
+def _to_host(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    return np.from_dlpack(x)
+
+
+def sample_array(
+    denoiser: Denoiser,
+    n: int,
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    shard: tuple[int, int] | str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> np.ndarray:
+    """Samples as a float32 NumPy array ``[n_shard, C, H, W]`` in the model's data range.
+
+    The arguments are those of :func:`sample_images`, which quantises this result to uint8.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
+    n = _check_int(n, "the number of samples n", 1)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    if (
+        isinstance(eta, bool)
+        or not isinstance(eta, (int, float))
+        or not math.isfinite(eta)
+        or eta < 0
+    ):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if sampler != "ddim" and eta != 0:
+        raise ValueError(
+            f"eta applies to the 'ddim' sampler only, got eta = {eta} with {sampler!r}"
+        )
+    shard = parse_shard(shard)
+    start, stop = shard_range(n, shard)
+    d: DiffusionConfig = denoiser.diffusion
+    schedule = sampling_schedule(denoiser.schedule, steps)
+    xp = getattr(denoiser, "xp", None)
+    if xp is None:
+        import array_api_compat.numpy as xp
+    kwargs: dict[str, Any] = {
+        "prediction": d.prediction,
+        "variance": d.variance,
+        "clip_denoised": d.clip_denoised,
+        "data_range": d.data_range,
+        "seed": seed,
+        "xp": xp,
+        "dtype": xp.float32,
+    }
+    if sampler == "ddim":
+        kwargs["eta"] = float(eta)
+    n_steps = schedule.num_timesteps
+    chunks = [(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
+    out = np.empty((stop - start, *d.image_shape), dtype=np.float32)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(chunks) * n_steps,
+        disable=not progress,
+        unit="step",
+        desc=f"{sampler}, {n_steps} steps, {stop - start} samples",
+        dynamic_ncols=True,
+    )
+    scope = getattr(denoiser, "device_scope", contextlib.nullcontext)
+    with bar, scope():
+
+        def step_done(i: int, t: int, x: Any, pred_x0: Any) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(i, t, x, pred_x0)
+
+        for lo, hi in chunks:
+            indices = xp.asarray(np.arange(lo, hi, dtype=np.int64))
+            x = sample(
+                sampler,
+                schedule,
+                denoiser,
+                (hi - lo, *d.image_shape),
+                sample_indices=indices,
+                callback=step_done,
+                **kwargs,
+            )
+            out[lo - start : hi - start] = _to_host(x)
+    return out
+
+
+def sample_images(
+    denoiser: Denoiser,
+    n: int,
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    shard: tuple[int, int] | str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> np.ndarray:
+    """Draw samples ``shard`` of a run of ``n`` and return them as uint8 ``[n_shard, C, H, W]``.
+
+    Parameters
+    ----------
+    denoiser : Denoiser
+        Usually an :class:`~refdiff.runtime.OnnxDenoiser`; its ``xp`` picks NumPy or CuPy.
+    n : int
+        Samples of the whole run (all shards together), >= 1.
+    sampler : {"ddpm", "ddim"}
+        Ancestral sampling (Ho et al.) or DDIM (Song et al.) with stochasticity ``eta``.
+    steps : int, optional
+        Sampling steps; default T, the model's own. Fewer steps respace the schedule evenly
+        (:func:`~refdiff.space_timesteps`); works for both samplers.
+    eta : float
+        DDIM's η (0: deterministic; 1: DDPM-like noise). Must be 0 for DDPM.
+    seed : int
+        The noise seed; sample ``i`` depends only on (seed, i), never on batch size or shard.
+    shard : (K, N) or "K/N", optional
+        Draw only the contiguous block K (from 0) of N of the indices ``0 … n-1``.
+    batch_size : int
+        Samples per denoiser call; bounds memory only.
+    progress : bool
+        Show a tqdm progress bar (on stderr) counting sampler steps.
+    callback : callable, optional
+        ``callback(i, t, x, pred_x0)`` after every step of every chunk.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8 [n_shard, C, H, W]``; its global indices are ``range(*shard_range(n, shard))``.
+    """
+    floats = sample_array(
+        denoiser,
+        n,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        seed=seed,
+        shard=shard,
+        batch_size=batch_size,
+        progress=progress,
+        callback=callback,
+    )
+    return to_uint8(floats, denoiser.diffusion.data_range)
+
+
+def check_output_path(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Check, before any sampling, that the PNG and its .npz companion can be written.
+
+    Returns ``(png_path, npz_path)``. Creates missing parent folders and probes the folder with
+    a temporary file (permission bits alone do not tell, e.g. as root or on a read-only mount).
+    """
+    png = Path(path)
+    if png.suffix.lower() != ".png":
+        raise ValueError(
+            f"the output must be a .png path (a grid; the .npz goes next to it), got {str(png)!r}"
+        )
+    npz = png.with_suffix(".npz")
+    for p in (png, npz):
+        if p.is_dir():
+            raise ValueError(f"output path {str(p)!r} is a directory")
+    parent = png.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".refdiff-write-test-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write the output {str(png)!r}: folder {str(parent)!r} is not writable "
+            f"({exc.strerror or exc})"
+        ) from None
+    for p in (png, npz):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise PermissionError(f"cannot write the output {str(p)!r}: the file is read-only")
+    return png, npz
+
+
+def save_samples(
+    images: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    indices: np.ndarray,
+    seed: int,
+    info: dict[str, Any] | None = None,
+    nrow: int | None = None,
+) -> tuple[Path, Path]:
+    """Write ``images`` (uint8 [N, C, H, W]) as a PNG grid at ``path`` and an .npz next to it.
+
+    The .npz holds ``images``, their global ``indices``, the ``seed`` (uint64) and the scalar
+    entries of ``info`` (sampler, steps, eta, n, ...), so shards can be merged and re-checked.
+    """
+    from ..images import save_grid
+
+    png, npz = check_output_path(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.shape != (images.shape[0],):
+        raise ValueError(
+            f"need one index per image: {images.shape[0]} images, indices {indices.shape}"
+        )
+    h, w = images.shape[2:]
+    save_grid(images, png, nrow=nrow, scale=max(1, 32 // max(h, w)))
+    extra = {k: np.asarray(v) for k, v in (info or {}).items() if v is not None}
+    np.savez(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
+    return png, npz

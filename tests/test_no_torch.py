@@ -1,0 +1,200 @@
+"""The core and the whole sampling path work in a process where ``import torch`` fails.
+
+A meta-path finder installed before anything else raises ``ModuleNotFoundError`` for ``torch``
+and ``torch.*`` and records every attempt; the child process then imports refdiff, runs the core,
+opens an exported model, samples through the runtime API and through ``refdiff sample``, and
+reports what it saw. The model is exported in this (parent) process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    TORCH_ATTEMPTS = []
+
+    class _BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                TORCH_ATTEMPTS.append(name)
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    sys.meta_path.insert(0, _BlockTorch())
+    """
+)
+
+
+def _run_blocked(body: str, cwd: Path) -> dict:
+    """Run ``body`` with torch blocked; it must print one JSON line last."""
+    code = BLOCK_TORCH + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+    assert proc.returncode == 0, f"child failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_core_works_without_torch(tmp_path):
+    result = _run_blocked(
+        """
+        import json, sys
+        try:
+            import torch
+            blocked = False
+        except ImportError:
+            blocked = True
+        TORCH_ATTEMPTS.clear()
+        import numpy as np
+        import refdiff
+        from refdiff import ddim_sample, ddpm_sample, get_schedule, q_sample, standard_normal
+
+        sched = get_schedule("cosine", 20)
+        x0 = np.zeros((2, 1, 4, 4), np.float32)
+        noise = standard_normal(0, np.arange(2), 0, (1, 4, 4), xp=np, dtype=np.float32)
+        xt = q_sample(sched, x0, 5, noise)
+        eps = lambda x, t: 0.1 * x
+        a = ddpm_sample(sched, eps, (2, 1, 4, 4), seed=1)
+        b = ddim_sample(sched.respace([0, 9, 19]), eps, (2, 1, 4, 4), seed=1, eta=0.5)
+        print(json.dumps({
+            "blocked": blocked,
+            "finite": bool(np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(xt).all()),
+            "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
+            "attempts": TORCH_ATTEMPTS,
+        }))
+        """,
+        tmp_path,
+    )
+    assert result["blocked"], "the blocker did not block torch"
+    assert result["finite"]
+    assert not result["torch_loaded"]
+    assert result["attempts"] == []
+
+
+# ---- the shared tiny model (same definition as in test_export.py) ----------------------------
+
+TINY_UNET = {
+    "in_channels": 1,
+    "image_size": 8,
+    "base_channels": 8,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [],
+    "dropout": 0.0,
+    "num_groups": 4,
+    "num_heads": 1,
+    "learn_sigma": True,
+}
+TINY_DIFFUSION = {
+    "schedule": {"name": "linear", "params": {}, "T": 50},
+    "prediction": "epsilon",
+    "variance": "learned_range",
+    "image_shape": [1, 8, 8],
+}
+
+
+def shared_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported once per session (whichever test file asks first)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from refdiff.export import export_onnx
+    from torch import nn
+
+    from refdiff.config import DiffusionConfig
+    from refdiff.nn import UNet, UNetConfig
+
+    folder = tmp_path_factory.getbasetemp() / "refdiff-shared-onnx"
+    folder.mkdir(exist_ok=True)
+    path = folder / "tiny.onnx"
+    if path.exists():
+        return path
+    model = UNet(UNetConfig.from_dict(TINY_UNET))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight, generator=g)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.GroupNorm):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fastest for tiny models on a busy machine
+    try:
+        export_onnx(model.eval(), DiffusionConfig.from_dict(TINY_DIFFUSION), path)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
+    model = shared_export(tmp_path_factory)
+    # The parent's samples (same runtime, torch loaded here) to compare the child's against.
+    from refdiff.runtime import OnnxDenoiser, sample_images
+
+    want = sample_images(OnnxDenoiser(model), 5, sampler="ddim", steps=6, seed=2, progress=False)
+    whole_cli = all(
+        _importable(m) for m in ("refdiff.demo", "refdiff.training.cli", "refdiff.evaluation.cli")
+    )
+    result = _run_blocked(
+        f"""
+        import argparse, json, sys
+        import numpy as np
+        from refdiff.runtime import OnnxDenoiser, sample_images
+        from refdiff.runtime import cli as sample_cli
+
+        den = OnnxDenoiser({str(model)!r})
+        api = sample_images(den, 5, sampler="ddim", steps=6, seed=2, progress=False)
+
+        parser = argparse.ArgumentParser(prog="refdiff")
+        sample_cli.add_parser(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["sample", {str(model)!r}, "--n", "5", "--sampler", "ddim",
+                                  "--steps", "6", "--seed", "2", "--shard", "1/2",
+                                  "--out", "cli.png", "--no-progress"])
+        code = args.func(args)
+        cli = np.load("cli.npz")
+
+        main_code = None
+        if {whole_cli!r}:
+            from refdiff.cli import main
+            main_code = main(["sample", {str(model)!r}, "--n", "5", "--sampler", "ddim",
+                              "--steps", "6", "--seed", "2", "--out", "main.png", "--no-progress"])
+        print(json.dumps({{
+            "api": api.tolist(),
+            "cli_code": code,
+            "cli_images": cli["images"].tolist(),
+            "cli_indices": cli["indices"].tolist(),
+            "main_code": main_code,
+            "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
+            "attempts": TORCH_ATTEMPTS,
+        }}))
+        """,
+        tmp_path,
+    )
+    assert not result["torch_loaded"] and result["attempts"] == []
+    np.testing.assert_array_equal(np.array(result["api"], dtype=np.uint8), want)
+    assert result["cli_code"] == 0
+    assert result["cli_indices"] == [2, 3, 4]  # shard 1 of 2 of 5 samples
+    np.testing.assert_array_equal(np.array(result["cli_images"], dtype=np.uint8), want[2:])
+    assert (tmp_path / "cli.png").stat().st_size > 0
+    if whole_cli:
+        assert result["main_code"] == 0 and (tmp_path / "main.png").exists()
