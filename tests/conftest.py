@@ -35,6 +35,12 @@ def _cuda_available() -> bool:
 
 HAS_CUDA = _cuda_available()
 
+if importlib.util.find_spec("torch") is not None:
+    import torch
+
+    # The test models are tiny: one thread avoids oversubscription on shared 2-core machines.
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with CuPy")
