@@ -38,7 +38,7 @@ from refdiff.export import export_onnx
 
 import refdiff as rd
 from refdiff.config import DiffusionConfig
-from refdiff.nn.unet import UNet, count_parameters, preset
+from refdiff.nn.unet import count_parameters, preset, randomized_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +83,6 @@ class Bench:
 
 def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm((a - ref).ravel()) / max(np.linalg.norm(ref.ravel()), 1e-30))
-
-
-def randomized_unet(cfg, seed: int = 0) -> UNet:
-    """A U-Net whose zero-initialised layers are perturbed, so outputs are non-trivial."""
-    torch.manual_seed(seed)
-    model = UNet(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.count_nonzero(p) == 0 and p.ndim > 1:
-                p.normal_(0, 0.02)
-    return model.eval()
 
 
 def main() -> int:

@@ -25,28 +25,17 @@ import array_api_compat.torch as torch_xp
 import onnxruntime as ort
 import torch
 from refdiff.export import export_onnx, verify_onnx
-from torch import nn
 
 from refdiff import ddim_sample
 from refdiff.config import DiffusionConfig
-from refdiff.nn import UNet, preset
+from refdiff.nn import UNet, preset, randomized_unet
 from refdiff.runtime import OnnxDenoiser, sample_array, sampling_schedule
 
 BATCH = {"tiny": 16, "cifar10": 2}
 
 
 def random_model(name: str, seed: int = 0) -> UNet:
-    model = UNet(preset(name, dropout=0.0))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight, generator=g)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.GroupNorm):
-                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
+    return randomized_unet(preset(name, dropout=0.0), seed)
 
 
 def best_of(fn, repeats: int) -> float:

@@ -30,63 +30,12 @@ from refdiff.export import (  # noqa: E402
     verify_onnx,
 )
 from refdiff.export import cli as export_cli  # noqa: E402
-from torch import nn  # noqa: E402
+from tiny_model import TINY_DIFFUSION, TINY_UNET, shared_export, tiny_diffusion, tiny_model  # noqa: E402
 
 from refdiff import ddim_sample, ddpm_sample  # noqa: E402
 from refdiff.config import DiffusionConfig  # noqa: E402
 from refdiff.nn import UNet, UNetConfig  # noqa: E402
 from refdiff.runtime import METADATA_KEY, OnnxDenoiser, sample_array, sampling_schedule  # noqa: E402
-
-# ---- the shared tiny model (same definition in test_runtime.py and test_no_torch.py) ----------
-
-TINY_UNET = {
-    "in_channels": 1,
-    "image_size": 8,
-    "base_channels": 8,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "attention_resolutions": [],
-    "dropout": 0.0,
-    "num_groups": 4,
-    "num_heads": 1,
-    "learn_sigma": True,
-}
-TINY_DIFFUSION = {
-    "schedule": {"name": "linear", "params": {}, "T": 50},
-    "prediction": "epsilon",
-    "variance": "learned_range",
-    "image_shape": [1, 8, 8],
-}
-
-
-def tiny_model(seed: int = 0) -> UNet:
-    """The tiny U-Net with random non-zero weights (a fresh U-Net outputs exactly zero)."""
-    model = UNet(UNetConfig.from_dict(TINY_UNET))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight, generator=g)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.GroupNorm):
-                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
-
-
-def tiny_diffusion() -> DiffusionConfig:
-    return DiffusionConfig.from_dict(TINY_DIFFUSION)
-
-
-def shared_export(tmp_path_factory: pytest.TempPathFactory, fp16: bool = False) -> Path:
-    """The tiny model exported once per session (whichever test file asks first)."""
-    folder = tmp_path_factory.getbasetemp() / "refdiff-shared-onnx"
-    folder.mkdir(exist_ok=True)
-    path = folder / ("tiny-fp16.onnx" if fp16 else "tiny.onnx")
-    if not path.exists():
-        with one_torch_thread():
-            export_onnx(tiny_model(), tiny_diffusion(), path, fp16=fp16)
-    return path
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_model import shared_export
 
 pytest.importorskip("onnxruntime")
 
@@ -81,62 +82,6 @@ def test_core_works_without_torch(tmp_path):
     assert result["finite"]
     assert not result["torch_loaded"]
     assert result["attempts"] == []
-
-
-# ---- the shared tiny model (same definition as in test_export.py) ----------------------------
-
-TINY_UNET = {
-    "in_channels": 1,
-    "image_size": 8,
-    "base_channels": 8,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "attention_resolutions": [],
-    "dropout": 0.0,
-    "num_groups": 4,
-    "num_heads": 1,
-    "learn_sigma": True,
-}
-TINY_DIFFUSION = {
-    "schedule": {"name": "linear", "params": {}, "T": 50},
-    "prediction": "epsilon",
-    "variance": "learned_range",
-    "image_shape": [1, 8, 8],
-}
-
-
-def shared_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported once per session (whichever test file asks first)."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from refdiff.export import export_onnx
-    from torch import nn
-
-    from refdiff.config import DiffusionConfig
-    from refdiff.nn import UNet, UNetConfig
-
-    folder = tmp_path_factory.getbasetemp() / "refdiff-shared-onnx"
-    folder.mkdir(exist_ok=True)
-    path = folder / "tiny.onnx"
-    if path.exists():
-        return path
-    model = UNet(UNetConfig.from_dict(TINY_UNET))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight, generator=g)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.GroupNorm):
-                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # fastest for tiny models on a busy machine
-    try:
-        export_onnx(model.eval(), DiffusionConfig.from_dict(TINY_DIFFUSION), path)
-    finally:
-        torch.set_num_threads(threads)
-    return path
 
 
 def _importable(name: str) -> bool:

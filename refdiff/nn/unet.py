@@ -32,6 +32,7 @@ __all__ = [
     "UNetConfig",
     "count_parameters",
     "preset",
+    "randomized_unet",
 ]
 
 _GROUPNORM_EPS = 1e-6  # tf.contrib.layers.group_norm's default, used by Ho et al.
@@ -267,6 +268,27 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
         raise ValueError(f"unknown U-Net preset {name!r}; available presets are {sorted(PRESETS)}")
     _check_known_fields(overrides.keys(), f"preset({name!r})")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def randomized_unet(config: UNetConfig, seed: int = 0) -> UNet:
+    """A U-Net in eval mode with random non-zero weights everywhere, for tests and benchmarks.
+
+    A freshly built U-Net outputs exactly zero (its last layers are zero-initialised, as in Ho et
+    al.'s code), which would make parity and timing checks meaningless. Here every convolution and
+    linear layer is Xavier-uniform with small random biases and every GroupNorm slightly perturbed,
+    all drawn from a generator seeded with ``seed``.
+    """
+    model = UNet(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight, generator=g)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.GroupNorm):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:
