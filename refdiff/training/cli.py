@@ -17,7 +17,7 @@ __all__ = ["add_parser", "overrides_from_args", "run"]
 _EPILOG = textwrap.dedent(
     """\
     examples:
-      # the 8x8 digits on a CPU in a few minutes (the "digits" recipe: T=200, 2400 steps)
+      # the 8x8 digits on a CPU in a few minutes (the "digits" recipe: T=200, 2000 steps)
       refdiff train --data digits --out runs/digits
 
       # longer, then continue where it stopped

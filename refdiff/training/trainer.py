@@ -28,7 +28,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,17 +71,6 @@ _INIT, _DATA, _HOST, _NOISE, _DROPOUT, _SAMPLES, _HOLDOUT = range(1, 8)
 def derive_seed(*words: int) -> int:
     """A 64-bit seed derived from integers (NumPy's SeedSequence hashing)."""
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0])
-
-
-def _quiet_readonly_tensor_warning() -> None:
-    # The core hands its read-only float64 schedule tables to torch.asarray once per device;
-    # torch then warns (once per process) that it cannot protect a non-writable array. The tables
-    # are never written, so that warning is noise: trigger it here, silenced, once.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = np.zeros(1)
-        a.setflags(write=False)
-        torch.asarray(a)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +189,6 @@ class Trainer:
         self._log = log if log is not None else (print if self.ctx.is_main else _silent)
         cfg_batch = cfg.batch_size
         self.local = self.ctx.local_slice(cfg_batch)
-        _quiet_readonly_tensor_warning()
 
         on_cuda = self.device.type == "cuda"
         for flag in ("bf16", "channels_last", "compile"):
