@@ -303,6 +303,9 @@ def torch_free_stage(args_json: str) -> None:
         callback=grab,
         dtype=np.float32,
         clip_denoised=diffusion.clip_denoised,
+        prediction=diffusion.prediction,
+        variance=diffusion.variance,
+        data_range=diffusion.data_range,
     )
     strip = np.stack(frames)
     save_strip(np.round((strip + 1) * 127.5).astype(np.uint8), out / "trajectory.png", scale=8)
