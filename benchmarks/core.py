@@ -32,7 +32,9 @@ def _time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
@@ -49,7 +51,10 @@ def main() -> None:
     buf = np.empty(shape, np.float32)
     buf2 = np.empty(shape, np.float32)
 
-    a, b = np.float32(s.sqrt_alphas_cumprod[t_int]), np.float32(s.sqrt_one_minus_alphas_cumprod[t_int])
+    a, b = (
+        np.float32(s.sqrt_alphas_cumprod[t_int]),
+        np.float32(s.sqrt_one_minus_alphas_cumprod[t_int]),
+    )
 
     def q_core():
         return rd.q_sample(s, x0, t, noise)
@@ -61,7 +66,9 @@ def main() -> None:
         return buf
 
     xt = q_core()
-    r1, r2 = (np.float32(v[t_int]) for v in (s.sqrt_recip_alphas_cumprod, s.sqrt_recipm1_alphas_cumprod))
+    r1, r2 = (
+        np.float32(v[t_int]) for v in (s.sqrt_recip_alphas_cumprod, s.sqrt_recipm1_alphas_cumprod)
+    )
     c1, c2 = np.float32(s.posterior_mean_coef1[t_int]), np.float32(s.posterior_mean_coef2[t_int])
     sig = np.float32(np.exp(0.5 * s.posterior_log_variance_clipped[t_int]))
 
@@ -85,17 +92,25 @@ def main() -> None:
     np.testing.assert_allclose(step_core(), step_fused(), rtol=1e-5, atol=1e-5)
 
     rows = []
-    for name, core, fused in (("q_sample", q_core, q_fused), ("DDPM update", step_core, step_fused)):
+    for name, core, fused in (
+        ("q_sample", q_core, q_fused),
+        ("DDPM update", step_core, step_fused),
+    ):
         tc, tf = _time(core, args.repeats), _time(fused, args.repeats)
         rows.append((name, tc * 1e3, tf * 1e3, tc / tf))
-    tn = _time(lambda: rd.standard_normal(0, np.arange(args.batch), 1, shape[1:], xp=np, dtype=np.float32), 10)
+    tn = _time(
+        lambda: rd.standard_normal(0, np.arange(args.batch), 1, shape[1:], xp=np, dtype=np.float32),
+        10,
+    )
     tr = _time(lambda: rng.standard_normal(shape, dtype=np.float32), 10)
 
     print(f"refdiff core vs hand-fused NumPy, batch {shape}, float32, median of {args.repeats}")
     print(f"{'operation':<14} {'core ms':>9} {'fused ms':>9} {'ratio':>7}")
     for name, tc, tf, ratio in rows:
         print(f"{name:<14} {tc:9.2f} {tf:9.2f} {ratio:7.2f}")
-    print(f"{'noise draw':<14} {tn * 1e3:9.2f} {tr * 1e3:9.2f} {tn / tr:7.2f}   (Philox per-sample vs NumPy PCG64 randn)")
+    print(
+        f"{'noise draw':<14} {tn * 1e3:9.2f} {tr * 1e3:9.2f} {tn / tr:7.2f}   (Philox per-sample vs NumPy PCG64 randn)"
+    )
 
 
 if __name__ == "__main__":

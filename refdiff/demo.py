@@ -237,7 +237,7 @@ def run_demo(
         ("model.onnx", "the exported model (model-fp16.onnx: float16 weights)"),
         ("report.md", "every figure and the time of each stage (report.json: the same as JSON)"),
     ):
-        print(f"  {str(out / name):<40} {what}")
+        print(f"  {out / name!s:<40} {what}")
     return report
 
 
