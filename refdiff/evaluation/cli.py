@@ -16,6 +16,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from refdiff._argtypes import non_negative_int, positive_int
+
 __all__ = ["add_parser", "open_model", "read_samples", "run"]
 
 _EPILOG = """\
@@ -35,25 +37,8 @@ coverage, and each sample's distance to its nearest training image. See docs/eva
 """
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = _nonneg_int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
-
-
 def _draws(text: str) -> int:
-    v = _nonneg_int(text)
+    v = non_negative_int(text)
     if v == 1:
         raise argparse.ArgumentTypeError(
             "--mc-draws must be 0 (skip) or >= 2 (for a standard error)"
@@ -95,7 +80,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--n-images",
         metavar="N",
-        type=_nonneg_int,
+        type=non_negative_int,
         default=256,
         help="score the first N images of the split; 0 = all (default: 256)",
     )
@@ -125,12 +110,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--no-full", action="store_true", help="skip the full bound (T model calls per batch)"
     )
     p.add_argument(
-        "--batch-size", metavar="B", type=_positive_int, default=64, help="images per model call"
+        "--batch-size", metavar="B", type=positive_int, default=64, help="images per model call"
     )
     p.add_argument(
         "--seed",
         metavar="S",
-        type=_nonneg_int,
+        type=non_negative_int,
         default=0,
         help="seed of the bound's noise (default: 0)",
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from refdiff._argtypes import non_negative_int, positive_int
+
 __all__ = ["add_parser", "run"]
 
 EPILOG = """\
@@ -27,26 +29,6 @@ examples:
 Every sample is a pure function of (--seed, its global index): batch size, shards and device
 change nothing but the speed (and float rounding between CPU and GPU).
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -73,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="the .onnx file written by `refdiff export`")
     p.add_argument(
-        "--n", type=_positive_int, default=64, help="samples in the whole run (default: 64)"
+        "--n", type=positive_int, default=64, help="samples in the whole run (default: 64)"
     )
     p.add_argument(
         "--sampler",
@@ -83,7 +65,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="sampling steps, evenly respaced; at most the model's T (default: T)",
     )
@@ -98,7 +80,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="cpu",
         help="cpu, cuda or cuda:N (cuda needs onnxruntime-gpu and CuPy) (default: cpu)",
     )
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (default: 0)")
     p.add_argument(
         "--shard",
         type=_shard,
@@ -108,7 +90,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         help="samples per model call; bounds memory only, never changes a sample (default: 64)",
     )
@@ -117,7 +99,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="samples.png",
         help="PNG grid to write; the .npz of images goes next to it (default: samples.png)",
     )
-    p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
     return p
