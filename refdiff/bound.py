@@ -32,6 +32,17 @@ Denoiser = Callable[[Array, Array], Array]
 LN2 = math.log(2.0)
 
 
+def _term(schedule, denoiser, x_start, t, seed, idx, step, xp, **kw):
+    """One term of the bound at indices t, with x_t drawn from counter-based noise at ``step``."""
+    dev = device(x_start)
+    noise = standard_normal(
+        seed, idx, step, x_start.shape[1:], xp=xp, dtype=x_start.dtype, device=dev
+    )
+    x_t = q_sample(schedule, x_start, t, noise)
+    out = denoiser(x_t, _model_t(schedule, t, xp, dev))
+    return vb_term(schedule, out, x_start, x_t, t, **kw)
+
+
 class BoundResult(NamedTuple):
     """The full bound per example, in bits/dim.
 
@@ -99,25 +110,13 @@ def variational_bound(
     idx = _sample_indices(x_start, sample_indices, xp)
     dims = math.prod(x_start.shape[1:])
     T, B, dev = schedule.num_timesteps, x_start.shape[0], device(x_start)
+    kw = dict(
+        prediction=prediction, variance=variance, decoder=decoder, clip_denoised=clip_denoised
+    )
     terms, mses = [], []
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=dev)
-        noise = standard_normal(
-            seed, idx, t_int, x_start.shape[1:], xp=xp, dtype=x_start.dtype, device=dev
-        )
-        x_t = q_sample(schedule, x_start, t, noise)
-        out = denoiser(x_t, _model_t(schedule, t, xp, dev))
-        term = vb_term(
-            schedule,
-            out,
-            x_start,
-            x_t,
-            t,
-            prediction=prediction,
-            variance=variance,
-            decoder=decoder,
-            clip_denoised=clip_denoised,
-        )
+        term = _term(schedule, denoiser, x_start, t, seed, idx, t_int, xp, **kw)
         terms.append(term.nats / (dims * LN2))
         mses.append(mean_flat((term.pred_x0 - x_start) ** 2, xp))
         if progress is not None:
@@ -177,6 +176,9 @@ def variational_bound_mc(
     cdf[-1] = 1.0
     cdf_x = table_on(cdf, xp, dev)
     probs_x = table_on(probs, xp, dev)
+    kw = dict(
+        prediction=prediction, variance=variance, decoder=decoder, clip_denoised=clip_denoised
+    )
     draws = []
     for k in range(num_draws):
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
@@ -184,22 +186,7 @@ def variational_bound_mc(
         u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
         t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
         t = xp.astype(t, xp.int64)
-        noise = standard_normal(
-            seed, idx, 2 * k + 1, x_start.shape[1:], xp=xp, dtype=x_start.dtype, device=dev
-        )
-        x_t = q_sample(schedule, x_start, t, noise)
-        out = denoiser(x_t, _model_t(schedule, t, xp, dev))
-        term = vb_term(
-            schedule,
-            out,
-            x_start,
-            x_t,
-            t,
-            prediction=prediction,
-            variance=variance,
-            decoder=decoder,
-            clip_denoised=clip_denoised,
-        ).nats
+        term = _term(schedule, denoiser, x_start, t, seed, idx, 2 * k + 1, xp, **kw).nats
         w = xp.astype(xp.take(probs_x, t, axis=0), term.dtype)
         draws.append(term / w / (dims * LN2))
     stacked = xp.stack(draws, axis=1)
