@@ -220,7 +220,12 @@ def run_demo(
         losses = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
         if losses:
             s_, l_ = zip(*losses, strict=True)
-            plot_loss(list(s_), list(l_), out / "loss.png")
+            loss_name = {
+                "simple": "MSE of the prediction",
+                "vlb": "T · L_t, bits/dim",
+                "hybrid": "MSE + λ T · L_t",
+            }.get(config.loss, config.loss)
+            plot_loss(list(s_), list(l_), out / "loss.png", ylabel=f"training loss ({loss_name})")
         _plot_terms(out)
 
     with stages("report"):
