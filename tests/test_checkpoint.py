@@ -22,15 +22,6 @@ from refdiff.training.config import TrainConfig, resolve_config  # noqa: E402
 from refdiff.training.trainer import Trainer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro models gain nothing from threads, and OpenMP threads on a busy machine lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def micro_config(**top) -> TrainConfig:
     """A U-Net small enough to train a few steps on the digits in a second."""
     d = {

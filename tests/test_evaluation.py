@@ -540,7 +540,7 @@ HAS_TRAINING = (
 
 
 @pytest.mark.skipif(not HAS_TRAINING, reason="needs torch, safetensors and refdiff.training")
-def test_eval_run_folder_through_pytorch(tmp_path, capsys, request):
+def test_eval_run_folder_through_pytorch(tmp_path, capsys):
     import torch
 
     from refdiff.nn.unet import UNet
@@ -558,9 +558,6 @@ def test_eval_run_folder_through_pytorch(tmp_path, capsys, request):
         },
     )
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a micro model: threads only cost time on a busy machine
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
     model = UNet(cfg.unet)
     run = tmp_path / "run"
     run.mkdir()

@@ -9,7 +9,6 @@ shared through the session's temporary folder with test_runtime.py and test_no_t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -37,26 +36,7 @@ from refdiff.config import DiffusionConfig  # noqa: E402
 from refdiff.nn import UNet, UNetConfig  # noqa: E402
 from refdiff.runtime import METADATA_KEY, OnnxDenoiser, sample_array, sampling_schedule  # noqa: E402
 
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine, 2 threads of OpenMP can
-    be 100x slower (spinning workers starve each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_torch_thread():
-        yield
+# One torch thread for these tiny models is set for the whole session in conftest.py.
 
 
 @pytest.fixture(scope="session")

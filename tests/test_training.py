@@ -111,15 +111,6 @@ from refdiff.training.config import (  # noqa: E402
 )
 from refdiff.training.trainer import Trainer, load_training_data  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 MICRO = {
     "recipe": "none",
     "unet": {
