@@ -65,19 +65,20 @@ class Bench:
             out.append(time.perf_counter() - t0)
         return statistics.median(out)
 
+    def add(self, *, section: str, name: str, value, unit: str, err=None, extra: str = "") -> None:
+        self.rows.append(
+            dict(section=section, name=name, value=value, unit=unit, err=err, extra=extra)
+        )
+
     def row(
         self, section: str, name: str, fn, *, value=None, unit="ms", err=None, extra=""
     ) -> None:
         try:
             v = fn() if value is None else value
-            self.rows.append(
-                dict(section=section, name=name, value=v, unit=unit, err=err, extra=extra)
-            )
+            self.add(section=section, name=name, value=v, unit=unit, err=err, extra=extra)
         except Exception as exc:  # a row that cannot run is reported, not fatal
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-            self.rows.append(
-                dict(section=section, name=name, value=None, unit=unit, err=None, extra=msg)
-            )
+            self.add(section=section, name=name, value=None, unit=unit, extra=msg)
             traceback.print_exc(file=sys.stderr)
 
 
@@ -246,9 +247,6 @@ def main() -> int:
         betas = torch.tensor(s.betas, device=device, dtype=torch.float32)
         tmap = torch.tensor(s.timestep_map, device=device)
         g = torch.Generator(device=device).manual_seed(0)
-        mode = "bf16" if cuda else "fp32"
-        fwd = torch_forward(mode)
-        del fwd
 
         def run():
             xx = torch.randn((batch, C, H, H), device=device, generator=g)
@@ -300,26 +298,22 @@ def main() -> int:
         ):
             try:
                 tm, overhead = fn()
-                b.rows.append(
-                    dict(
-                        section="sampling",
-                        name=f"{label} {s.num_timesteps} steps, {who}",
-                        value=tm,
-                        unit="s",
-                        err=None,
-                        extra=f"overhead {overhead * 100:+.1f} %",
-                    )
+                b.add(
+                    section="sampling",
+                    name=f"{label} {s.num_timesteps} steps, {who}",
+                    value=tm,
+                    unit="s",
+                    err=None,
+                    extra=f"overhead {overhead * 100:+.1f} %",
                 )
             except Exception as exc:
-                b.rows.append(
-                    dict(
-                        section="sampling",
-                        name=f"{label} {s.num_timesteps} steps, {who}",
-                        value=None,
-                        unit="s",
-                        err=None,
-                        extra=f"{type(exc).__name__}: {exc}"[:140],
-                    )
+                b.add(
+                    section="sampling",
+                    name=f"{label} {s.num_timesteps} steps, {who}",
+                    value=None,
+                    unit="s",
+                    err=None,
+                    extra=f"{type(exc).__name__}: {exc}"[:140],
                 )
                 traceback.print_exc(file=sys.stderr)
 
@@ -343,50 +337,42 @@ def main() -> int:
             )
             copy_bw = 2 * nbytes / tc / 1e12
             fused_bw = 3 * nbytes / tf / 1e12
-            b.rows.append(
-                dict(
-                    section="update",
-                    name="device-to-device copy",
-                    value=copy_bw,
-                    unit="TB/s",
-                    err=None,
-                    extra="",
-                )
+            b.add(
+                section="update",
+                name="device-to-device copy",
+                value=copy_bw,
+                unit="TB/s",
+                err=None,
+                extra="",
             )
-            b.rows.append(
-                dict(
-                    section="update",
-                    name="fused DDPM update + Philox noise",
-                    value=fused_bw,
-                    unit="TB/s",
-                    err=None,
-                    extra=f"{fused_bw / copy_bw * 100:.0f} % of copy",
-                )
+            b.add(
+                section="update",
+                name="fused DDPM update + Philox noise",
+                value=fused_bw,
+                unit="TB/s",
+                err=None,
+                extra=f"{fused_bw / copy_bw * 100:.0f} % of copy",
             )
 
         try:
             fused_rows()
         except Exception as exc:
-            b.rows.append(
-                dict(
-                    section="update",
-                    name="fused DDPM update",
-                    value=None,
-                    unit="TB/s",
-                    err=None,
-                    extra=str(exc)[:140],
-                )
-            )
-    else:
-        b.rows.append(
-            dict(
+            b.add(
                 section="update",
                 name="fused DDPM update",
                 value=None,
                 unit="TB/s",
                 err=None,
-                extra="needs CUDA + CuPy",
+                extra=str(exc)[:140],
             )
+    else:
+        b.add(
+            section="update",
+            name="fused DDPM update",
+            value=None,
+            unit="TB/s",
+            err=None,
+            extra="needs CUDA + CuPy",
         )
 
     # ---- training throughput and MFU ---------------------------------------------------------
@@ -422,26 +408,22 @@ def main() -> int:
         )
         try:
             ips, mfu = train_row(comp)
-            b.rows.append(
-                dict(
-                    section="training",
-                    name=label,
-                    value=ips,
-                    unit="img/s",
-                    err=None,
-                    extra=f"MFU {mfu * 100:.1f} %" if cuda else "",
-                )
+            b.add(
+                section="training",
+                name=label,
+                value=ips,
+                unit="img/s",
+                err=None,
+                extra=f"MFU {mfu * 100:.1f} %" if cuda else "",
             )
         except Exception as exc:
-            b.rows.append(
-                dict(
-                    section="training",
-                    name=label,
-                    value=None,
-                    unit="img/s",
-                    err=None,
-                    extra=str(exc)[:140],
-                )
+            b.add(
+                section="training",
+                name=label,
+                value=None,
+                unit="img/s",
+                err=None,
+                extra=str(exc)[:140],
             )
             traceback.print_exc(file=sys.stderr)
 
