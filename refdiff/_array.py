@@ -6,7 +6,6 @@ Nothing here imports torch or cupy at module level; backends are recognised thro
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any
 
@@ -23,11 +22,9 @@ from array_api_compat import (
 
 __all__ = [
     "as_batch_timesteps",
-    "broadcast_to_data",
     "check_same_device",
     "gather",
     "get_namespace",
-    "is_floating",
     "log_ndtr",
     "stop_gradient",
     "table_on",
@@ -64,10 +61,6 @@ def check_same_device(*arrays: Array) -> None:
         )
 
 
-def is_floating(xp: Any, x: Array) -> bool:
-    return xp.isdtype(x.dtype, "real floating")
-
-
 def table_on(table: np.ndarray, xp: Any, dev: Any) -> Array:
     """A float64 schedule table as an array of namespace ``xp`` on ``dev``, cached per table.
 
@@ -102,11 +95,6 @@ def gather(table: np.ndarray, t: Array, like: Array, *, xp: Any | None = None) -
     vals = xp.take(tab, t, axis=0)
     vals = xp.astype(vals, like.dtype)
     return xp.reshape(vals, (vals.shape[0],) + (1,) * (like.ndim - 1))
-
-
-def broadcast_to_data(v: Array, like: Array, xp: Any) -> Array:
-    """Reshape a per-example vector ``[B]`` to ``[B, 1, ..., 1]`` for broadcasting against ``like``."""
-    return xp.reshape(v, (v.shape[0],) + (1,) * (like.ndim - 1))
 
 
 def as_batch_timesteps(t: Any, num_timesteps: int, batch: int, xp: Any, dev: Any) -> Array:
@@ -176,6 +164,3 @@ def stop_gradient(x: Array) -> Array:
     """Stop gradients (``detach``) for autograd backends; the identity elsewhere."""
     detach = getattr(x, "detach", None)
     return detach() if callable(detach) else x
-
-
-LN2 = math.log(2.0)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._array import Array, device, get_namespace, table_on
 from .forward import q_sample
-from .losses import Decoder, mean_flat, prior_kl, vb_term
+from .losses import LN2, Decoder, mean_flat, prior_kl, vb_term
 from .noise import standard_normal, uniform_open
 from .reverse import Prediction, Variance
 
@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 Denoiser = Callable[[Array, Array], Array]
-LN2 = math.log(2.0)
 
 
 def _term(schedule, denoiser, x_start, t, seed, idx, step, xp, **kw):
