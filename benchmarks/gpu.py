@@ -37,8 +37,8 @@ import torch
 from refdiff.export import export_onnx
 
 import refdiff as rd
-from refdiff.config import DiffusionConfig
-from refdiff.nn.unet import count_parameters, preset, randomized_unet
+from refdiff import Diffusion
+from refdiff.nn import count_parameters, preset, randomized_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def main() -> int:
     cfg = preset(name)
     C, H = cfg.in_channels, cfg.image_size
     model = randomized_unet(cfg).to(device)
-    diffusion = DiffusionConfig(image_shape=(C, H, H))
+    diffusion = Diffusion(image_shape=(C, H, H))
     print(
         f"# {name} U-Net, {count_parameters(model) / 1e6:.1f} M parameters, batch {batch}, device {device}",
         file=sys.stderr,

@@ -26,10 +26,9 @@ import onnxruntime as ort
 import torch
 from refdiff.export import export_onnx, verify_onnx
 
-from refdiff import ddim_sample
-from refdiff.config import DiffusionConfig
+from refdiff import Diffusion, ddim_sample
 from refdiff.nn import UNet, preset, randomized_unet
-from refdiff.runtime import OnnxDenoiser, sample_array, sampling_schedule
+from refdiff.runtime import OnnxDenoiser, sample_array
 
 BATCH = {"tiny": 16, "cifar10": 2}
 
@@ -51,7 +50,7 @@ def best_of(fn, repeats: int) -> float:
 def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
     model = random_model(name)
     cfg = model.config
-    diffusion = DiffusionConfig(image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
+    diffusion = Diffusion(image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
     row: dict = {"preset": name, "batch": args.batch or BATCH[name], "steps": args.steps}
     for fp16 in (False, True):
         tag = "fp16" if fp16 else "fp32"
@@ -65,7 +64,7 @@ def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
         print(report.table(), flush=True)
 
     n, steps = row["batch"], args.steps
-    schedule = sampling_schedule(diffusion.build_schedule(), steps)
+    schedule = diffusion.sampling_schedule(steps)
     shape = (n, *diffusion.image_shape)
 
     def run_torch() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refdiff.training.config import resolve_config
+from refdiff.runs import resolve_config
 from refdiff.training.trainer import Trainer
 
 
@@ -33,12 +33,12 @@ def _throughput(overrides: dict, device: str, steps: int, warmup: int) -> tuple[
         cfg = resolve_config(None, overrides)
         trainer = Trainer(cfg, Path(tmp) / "run", device=device, progress=False, log=lambda s: None)
         for _ in range(warmup):
-            trainer.train_step()
+            trainer.state.train_step()
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step()  # returns a Python float: synchronises every step
+            trainer.state.train_step()  # returns a Python float: synchronises every step
         dt = time.perf_counter() - t0
         trainer.close()
     return steps * cfg.batch_size / dt, 1000 * dt / steps

@@ -2,10 +2,12 @@
 
 Installed as ``refdiff.export`` (needs the ``torch`` extra: torch, onnx, onnxscript; and
 onnxruntime for :func:`verify_onnx`). The names below are imported on first use, so that
-``refdiff.export.cli`` (and with it ``refdiff --help``) never imports torch.
+importing the package (``refdiff export --help`` does) never imports torch.
 
-- :func:`export_onnx`: one self-describing ``.onnx`` file (docs/onnx.md gives the contract);
-- :func:`verify_onnx`: onnxruntime against PyTorch, a :class:`ParityReport`, :class:`ParityError`.
+- :mod:`.onnx_export`: :func:`export_onnx`, one self-describing ``.onnx`` file (the contract is
+  :mod:`refdiff.onnx_contract`; docs/onnx.md explains it);
+- :mod:`.parity`: :func:`verify_onnx`, onnxruntime against PyTorch, a :class:`ParityReport`,
+  :class:`ParityError`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .onnx_export import (
-        DEFAULT_TOLERANCES,
-        MAX_MODEL_BYTES,
-        ParityCase,
-        ParityError,
-        ParityReport,
-        export_onnx,
-        verify_onnx,
-    )
+    from .onnx_export import MAX_MODEL_BYTES, export_onnx
+    from .parity import DEFAULT_TOLERANCES, ParityCase, ParityError, ParityReport, verify_onnx
+
+_EXPORTS = {
+    "MAX_MODEL_BYTES": "onnx_export",
+    "export_onnx": "onnx_export",
+    "DEFAULT_TOLERANCES": "parity",
+    "ParityCase": "parity",
+    "ParityError": "parity",
+    "ParityReport": "parity",
+    "verify_onnx": "parity",
+}
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -36,9 +41,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module(".onnx_export", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:

@@ -1,11 +1,15 @@
 """refdiff: a reference implementation of Gaussian diffusion models.
 
 The core (everything importable from ``refdiff`` itself) is pure array-API code: it runs on NumPy,
-CuPy, PyTorch and array-api-strict arrays and never imports torch or cupy at module level.
+CuPy, PyTorch and array-api-strict arrays and never imports torch or cupy at module level. Its free
+functions take the schedule and the settings as explicit arguments (the validation API);
+:class:`Diffusion` holds a model's settings as one value and calls them (the application API).
 """
 
 from __future__ import annotations
 
+from ._array import Timesteps
+from ._version import __version__
 from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
 from .forward import (
     GaussianMoments,
@@ -30,7 +34,7 @@ from .losses import (
     vb_term,
 )
 from .noise import standard_normal
-from .oracle import GaussianMixtureOracle
+from .oracle import TOY_MIXTURES, GaussianMixture, toy_mixture
 from .reverse import (
     PMeanVariance,
     Prediction,
@@ -51,15 +55,16 @@ from .schedules import (
     rescale_zero_terminal_snr,
     space_timesteps,
 )
-
-__version__ = "0.1.0"
+from .settings import Diffusion
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULES",
+    "TOY_MIXTURES",
     "BoundResult",
     "Decoder",
-    "GaussianMixtureOracle",
+    "Diffusion",
+    "GaussianMixture",
     "GaussianMoments",
     "LossTerms",
     "LossType",
@@ -67,6 +72,7 @@ __all__ = [
     "PMeanVariance",
     "Prediction",
     "Schedule",
+    "Timesteps",
     "Variance",
     "__version__",
     "continuous_gaussian_log_likelihood",
@@ -92,6 +98,7 @@ __all__ = [
     "space_timesteps",
     "standard_normal",
     "sum_flat",
+    "toy_mixture",
     "training_losses",
     "v_from_x0_eps",
     "variational_bound",

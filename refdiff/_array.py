@@ -7,6 +7,7 @@ Nothing here imports torch or cupy at module level; backends are recognised thro
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,13 @@ from array_api_compat import (
 )
 
 __all__ = [
+    "Timesteps",
     "as_batch_timesteps",
     "check_same_device",
     "gather",
     "get_namespace",
     "log_ndtr",
+    "max_timestep",
     "stop_gradient",
     "table_on",
 ]
@@ -97,22 +100,118 @@ def gather(table: np.ndarray, t: Array, like: Array, *, xp: Any | None = None) -
     return xp.reshape(vals, (vals.shape[0],) + (1,) * (like.ndim - 1))
 
 
+@dataclass(frozen=True, eq=False)
+class Timesteps:
+    """Timestep indices ``[B]`` validated where they were made, on the data's backend and device.
+
+    The core checks the *values* of a plain integer array of timesteps (range), which reads them
+    back to the host: a device synchronisation on a GPU. Timesteps made on the host (by a training
+    timestep sampler, or from a Python int inside a sampling loop) are checked there, once, and
+    wrapped in this type; the core then checks only their shape, namespace and device, so a
+    training or sampling step never waits on the device for a timestep check.
+
+    Build one with :meth:`from_host` or :meth:`full`; ``array`` is what a denoiser is given.
+
+    Attributes
+    ----------
+    array : int64 array [B]
+        The indices, on the data's backend and device.
+    num_timesteps : int
+        T of the schedule they index (every index lies in [0, T-1]).
+    max_index : int
+        The largest index (known on the host when the timesteps were made).
+    """
+
+    array: Array
+    num_timesteps: int
+    max_index: int
+
+    @classmethod
+    def from_host(cls, t: Any, num_timesteps: int, xp: Any, device: Any = None) -> Timesteps:
+        """Check host integers ``t`` [B] (NumPy or a list) against [0, T-1], then move them to
+        ``device`` of namespace ``xp`` once."""
+        tn = np.asarray(t)
+        if tn.ndim != 1:
+            raise ValueError(f"timesteps must be 1-D [B], got shape {tn.shape}")
+        if tn.size and tn.dtype.kind not in "iu":
+            raise TypeError(f"timesteps must be integers, got dtype {tn.dtype}")
+        T = _check_num_timesteps(num_timesteps)
+        hi = -1
+        if tn.size:
+            lo, hi = int(tn.min()), int(tn.max())
+            if lo < 0 or hi >= T:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"timestep {bad} is out of range [0, {T - 1}]")
+        arr = xp.asarray(np.ascontiguousarray(tn, dtype=np.int64), device=device)
+        return cls(arr, T, hi)
+
+    @classmethod
+    def full(cls, t: int, batch: int, num_timesteps: int, xp: Any, device: Any = None) -> Timesteps:
+        """The index ``t`` for each of ``batch`` examples."""
+        T = _check_num_timesteps(num_timesteps)
+        t = _check_int_timestep(t, T)
+        return cls(xp.full((batch,), t, dtype=xp.int64, device=device), T, t)
+
+
+def _check_num_timesteps(T: Any) -> int:
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"num_timesteps must be an int >= 1, got {T!r}")
+    return int(T)
+
+
+def _check_int_timestep(t: Any, num_timesteps: int) -> int:
+    if isinstance(t, bool):
+        raise TypeError(f"timestep must be an integer index, got {t!r}")
+    t = int(t)
+    if not 0 <= t < num_timesteps:
+        raise ValueError(f"timestep {t} is out of range [0, {num_timesteps - 1}]")
+    return t
+
+
 def as_batch_timesteps(t: Any, num_timesteps: int, batch: int, xp: Any, dev: Any) -> Array:
     """Validate timestep indices and return them as an integer array ``[batch]``.
 
-    ``t`` is a Python int (used for every example) or an integer array of shape ``[batch]`` (or
-    ``[1]``/``[]``, broadcast) on the data's device. Out of range, non-integer or wrong-shaped
-    timesteps raise ``ValueError``/``TypeError`` naming the offending value.
+    ``t`` is a Python int (used for every example), a :class:`Timesteps` (checked where it was
+    made: only its shape, namespace and device are checked here, with no device synchronisation),
+    or an integer array of shape ``[batch]`` (or ``[1]``/``[]``, broadcast) on the data's device,
+    whose values are range-checked (reading them back to the host). Out of range, non-integer or
+    wrong-shaped timesteps raise ``ValueError``/``TypeError`` naming the offending value.
     """
+    if isinstance(t, Timesteps):
+        if t.num_timesteps != num_timesteps:
+            raise ValueError(
+                f"these timesteps index a schedule of T = {t.num_timesteps} steps, this one has "
+                f"T = {num_timesteps}"
+            )
+        t = _check_array_timesteps(t.array, batch, xp, dev)
+        return t if t.dtype == xp.int64 else xp.astype(t, xp.int64)
     if isinstance(t, bool):
         raise TypeError(f"timestep must be an integer index, got {t!r}")
     if isinstance(t, (int, np.integer)):
-        t = int(t)
-        if not 0 <= t < num_timesteps:
-            raise ValueError(f"timestep {t} is out of range [0, {num_timesteps - 1}]")
+        t = _check_int_timestep(t, num_timesteps)
         return xp.full((batch,), t, dtype=xp.int64, device=dev)
     if isinstance(t, float) or not is_array_api_obj(t):
         raise TypeError(f"timesteps must be an integer array or int, got {type(t).__name__} {t!r}")
+    t = _check_array_timesteps(t, batch, xp, dev)
+    if batch:
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        if lo < 0 or hi >= num_timesteps:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"timestep {bad} is out of range [0, {num_timesteps - 1}]")
+    return xp.astype(t, xp.int64)
+
+
+def max_timestep(t: Any, checked: Array, xp: Any) -> int:
+    """The largest index of timesteps ``t`` as given to :func:`as_batch_timesteps` (``checked`` is
+    its result): known on the host for an int or :class:`Timesteps`, read back otherwise."""
+    if isinstance(t, Timesteps):
+        return t.max_index
+    if isinstance(t, (int, np.integer)):
+        return int(t)
+    return int(xp.max(checked)) if checked.shape[0] else -1
+
+
+def _check_array_timesteps(t: Array, batch: int, xp: Any, dev: Any) -> Array:
     tx = array_namespace(t)
     if tx is not xp and tx.__name__ != xp.__name__:
         raise TypeError(
@@ -127,12 +226,7 @@ def as_batch_timesteps(t: Any, num_timesteps: int, batch: int, xp: Any, dev: Any
         t = xp.broadcast_to(xp.reshape(t, (1,)), (batch,))
     if t.ndim != 1 or t.shape[0] != batch:
         raise ValueError(f"timesteps must have shape [{batch}] (the batch), got {tuple(t.shape)}")
-    if batch:
-        lo, hi = int(xp.min(t)), int(xp.max(t))
-        if lo < 0 or hi >= num_timesteps:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"timestep {bad} is out of range [0, {num_timesteps - 1}]")
-    return xp.astype(t, xp.int64)
+    return t
 
 
 def log_ndtr(x: Array, xp: Any | None = None) -> Array:

@@ -19,21 +19,13 @@ from typing import Any
 import array_api_compat.numpy as npx
 import numpy as np
 
+from .data import check_uint8_images
 from .losses import discretized_gaussian_log_likelihood
 from .noise import standard_normal
 
 __all__ = ["IndependentPixelModel"]
 
 LN2 = math.log(2.0)
-
-
-def _check_uint8_images(images: Any, what: str) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        got = getattr(images, "dtype", type(images).__name__)
-        raise TypeError(f"{what} must be a uint8 numpy array [N, C, H, W], got {got}")
-    if images.ndim != 4:
-        raise ValueError(f"{what} must have shape [N, C, H, W], got {images.shape}")
-    return images
 
 
 def _model_range(images_uint8: np.ndarray) -> np.ndarray:
@@ -75,7 +67,7 @@ class IndependentPixelModel:
         -------
         self
         """
-        x = _check_uint8_images(train_uint8, "training images")
+        x = check_uint8_images(train_uint8, "training images")
         if x.shape[0] < 1:
             raise ValueError("need at least one training image")
         v = _model_range(x)
@@ -96,7 +88,7 @@ class IndependentPixelModel:
     def log_likelihood(self, images_uint8: np.ndarray) -> np.ndarray:
         """log p(x) in nats per image, float64 [N] (summed over the dimensions)."""
         mean, std = self._fitted()
-        x = _check_uint8_images(images_uint8, "images")
+        x = check_uint8_images(images_uint8, "images")
         if x.shape[1:] != mean.shape:
             raise ValueError(
                 f"images have shape {x.shape[1:]} per image, the model was fitted on {mean.shape}"

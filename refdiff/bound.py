@@ -14,11 +14,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _formulas as f
 from ._array import Array, device, get_namespace, table_on
-from .forward import q_sample
-from .losses import LN2, Decoder, mean_flat, prior_kl, vb_term
-from .noise import standard_normal, uniform_open
-from .reverse import Prediction, Variance
+from ._enums import Decoder, Prediction, Variance
+from ._formulas import LN2
+from .losses import prior_kl
+from .noise import check_seed, standard_normal, uniform_open
+from .reverse import check_denoiser_output
 
 __all__ = [
     "BoundResult",
@@ -31,15 +33,24 @@ __all__ = [
 Denoiser = Callable[[Array, Array], Array]
 
 
-def _term(schedule, denoiser, x_start, t, seed, idx, step, xp, **kw):
-    """One term of the bound at indices t, with x_t drawn from counter-based noise at ``step``."""
+def _term_function(schedule, denoiser, x_start, idx, seed, xp, settings):
+    """``term(t, step)``: one term of the bound at timesteps t (checked), with x_t drawn from the
+    counter-based noise at ``step``; shared by the full pass and the Monte-Carlo estimate.
+    ``settings`` are the checked (prediction, variance, decoder, clip_denoised, data_range,
+    num_bins)."""
     dev = device(x_start)
-    noise = standard_normal(
-        seed, idx, step, x_start.shape[1:], xp=xp, dtype=x_start.dtype, device=dev
-    )
-    x_t = q_sample(schedule, x_start, t, noise)
-    out = denoiser(x_t, _model_t(schedule, t, xp, dev))
-    return vb_term(schedule, out, x_start, x_t, t, **kw)
+    tmap = table_on(schedule.timestep_map, xp, dev)
+    variance = settings[1]
+
+    def term(t: Array, step: int) -> f.VBTerm:
+        noise = standard_normal(
+            seed, idx, step, x_start.shape[1:], xp=xp, dtype=x_start.dtype, device=dev
+        )
+        x_t = f.q_sample(schedule, x_start, t, noise, xp)
+        out = check_denoiser_output(denoiser(x_t, xp.take(tmap, t, axis=0)), x_t, variance)
+        return f.vb_term(schedule, out, x_start, x_t, t, *settings, xp)
+
+    return term
 
 
 class BoundResult(NamedTuple):
@@ -55,10 +66,6 @@ class BoundResult(NamedTuple):
     x0_mse: Array
 
 
-def _model_t(schedule: Any, t: Array, xp: Any, dev: Any) -> Array:
-    return xp.take(table_on(schedule.timestep_map, xp, dev), t, axis=0)
-
-
 def _sample_indices(x: Array, sample_indices: Array | None, xp: Any) -> Array:
     if sample_indices is None:
         return xp.arange(x.shape[0], dtype=xp.int64, device=device(x))
@@ -67,6 +74,32 @@ def _sample_indices(x: Array, sample_indices: Array | None, xp: Any) -> Array:
             f"sample_indices must have shape [{x.shape[0]}], got {tuple(sample_indices.shape)}"
         )
     return sample_indices
+
+
+def _prepare(schedule, denoiser, x, settings, seed, sample_indices):
+    """Check the bound's inputs once; return xp, the sample indices and the term function."""
+    prediction, variance, decoder, clip_denoised, data_range, num_bins = settings
+    prediction = Prediction.parse(prediction)
+    variance = Variance.parse(variance)
+    decoder = Decoder.parse(decoder)
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable (x_t, t) -> output, got {denoiser!r}")
+    if schedule.zero_terminal_snr and prediction is Prediction.EPSILON:
+        raise ValueError(
+            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
+            "(ᾱ_T = 0); the bound needs prediction 'v' or 'x0' with zero terminal SNR"
+        )
+    lo, hi = (float(v) for v in data_range)
+    if not lo < hi:
+        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range!r}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    check_seed(seed)
+    xp = get_namespace(x)
+    _check_data(x, xp, decoder)
+    idx = _sample_indices(x, sample_indices, xp)
+    checked = (prediction, variance, decoder, bool(clip_denoised), (lo, hi), num_bins)
+    return xp, idx, _term_function(schedule, denoiser, x, idx, seed, xp, checked)
 
 
 def _check_data(x: Array, xp: Any, decoder: Decoder) -> None:
@@ -93,6 +126,8 @@ def variational_bound(
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
     clip_denoised: bool = False,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    num_bins: int = 256,
     seed: int = 0,
     sample_indices: Array | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -103,21 +138,15 @@ def variational_bound(
     closed form, and for each index t the KL (t > 0) or decoder NLL (t = 0) at
     x_t = q_sample(x_0, t, ε) with ε drawn from the counter-based generator at (seed, sample, t).
     """
-    decoder = Decoder(decoder)
-    xp = get_namespace(x_start)
-    _check_data(x_start, xp, decoder)
-    idx = _sample_indices(x_start, sample_indices, xp)
+    settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
+    xp, _, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
     dims = math.prod(x_start.shape[1:])
     T, B, dev = schedule.num_timesteps, x_start.shape[0], device(x_start)
-    kw = dict(
-        prediction=prediction, variance=variance, decoder=decoder, clip_denoised=clip_denoised
-    )
     terms, mses = [], []
     for i, t_int in enumerate(range(T - 1, -1, -1)):
-        t = xp.full((B,), t_int, dtype=xp.int64, device=dev)
-        term = _term(schedule, denoiser, x_start, t, seed, idx, t_int, xp, **kw)
-        terms.append(term.nats / (dims * LN2))
-        mses.append(mean_flat((term.pred_x0 - x_start) ** 2, xp))
+        res = term(xp.full((B,), t_int, dtype=xp.int64, device=dev), t_int)
+        terms.append(res.nats / (dims * LN2))
+        mses.append(f.mean_flat((res.pred_x0 - x_start) ** 2, xp))
         if progress is not None:
             progress(i + 1, T)
     terms_bpd = xp.stack(terms[::-1], axis=1)
@@ -145,6 +174,8 @@ def variational_bound_mc(
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
     clip_denoised: bool = False,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    num_bins: int = 256,
     seed: int = 0,
     sample_indices: Array | None = None,
 ) -> MonteCarloBound:
@@ -154,7 +185,6 @@ def variational_bound_mc(
     uniform p(t) = 1/T. Each draw picks t by inverse CDF from a counter-based uniform and x_t from
     counter-based noise, so the estimate depends only on (seed, sample index).
     """
-    decoder = Decoder(decoder)
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws must be an int >= 2 (for a standard error), got {num_draws!r}")
     T = schedule.num_timesteps
@@ -166,18 +196,14 @@ def variational_bound_mc(
             raise ValueError(f"timestep_probs must be {T} positive finite numbers")
         if abs(probs.sum() - 1.0) > 1e-9:
             raise ValueError(f"timestep_probs must sum to 1, got {probs.sum()}")
-    xp = get_namespace(x_start)
-    _check_data(x_start, xp, decoder)
-    idx = _sample_indices(x_start, sample_indices, xp)
+    settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
+    xp, idx, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
     dims = math.prod(x_start.shape[1:])
     dev = device(x_start)
     cdf = np.cumsum(probs)
     cdf[-1] = 1.0
     cdf_x = table_on(cdf, xp, dev)
     probs_x = table_on(probs, xp, dev)
-    kw = dict(
-        prediction=prediction, variance=variance, decoder=decoder, clip_denoised=clip_denoised
-    )
     draws = []
     for k in range(num_draws):
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
@@ -185,9 +211,9 @@ def variational_bound_mc(
         u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
         t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
         t = xp.astype(t, xp.int64)
-        term = _term(schedule, denoiser, x_start, t, seed, idx, 2 * k + 1, xp, **kw).nats
-        w = xp.astype(xp.take(probs_x, t, axis=0), term.dtype)
-        draws.append(term / w / (dims * LN2))
+        nats = term(t, 2 * k + 1).nats
+        w = xp.astype(xp.take(probs_x, t, axis=0), nats.dtype)
+        draws.append(nats / w / (dims * LN2))
     stacked = xp.stack(draws, axis=1)
     prior_bpd = prior_kl(schedule, x_start) / (dims * LN2)
     mean = xp.mean(stacked, axis=1)

@@ -1,6 +1,7 @@
 """The ``refdiff`` command: demo, train, export, sample, eval, check.
 
-Each subcommand lives in its own module exposing ``add_parser(subparsers)``; those modules import
+Each subcommand lives in its own module of :mod:`refdiff.commands` exposing
+``add_parser(subparsers)``; those modules import
 their heavy dependencies (torch, onnxruntime) only when the command runs, so ``refdiff sample``
 never imports torch and ``refdiff --help`` is instant.
 """
@@ -12,16 +13,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 
 # subcommand -> module providing add_parser(subparsers)
 COMMANDS = {
-    "demo": "refdiff.demo",
-    "train": "refdiff.training.cli",
-    "export": "refdiff.export.cli",
-    "check": "refdiff.export.cli",
-    "sample": "refdiff.runtime.cli",
-    "eval": "refdiff.evaluation.cli",
+    "demo": "refdiff.commands.demo",
+    "train": "refdiff.commands.train",
+    "export": "refdiff.commands.export",
+    "check": "refdiff.commands.export",
+    "sample": "refdiff.commands.sample",
+    "eval": "refdiff.commands.eval",
 }
 
 

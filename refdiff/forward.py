@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from . import _formulas as f
 from ._array import Array, as_batch_timesteps, device, gather, get_namespace
 
 __all__ = [
@@ -59,10 +60,7 @@ def q_mean_variance(schedule: Any, x_start: Array, t: Any) -> GaussianMoments:
 def q_sample(schedule: Any, x_start: Array, t: Any, noise: Array) -> Array:
     """Sample q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε with the given ``noise`` ε."""
     xp, t = _prepare(schedule, x_start, t, noise)
-    return (
-        gather(schedule.sqrt_alphas_cumprod, t, x_start, xp=xp) * x_start
-        + gather(schedule.sqrt_one_minus_alphas_cumprod, t, x_start, xp=xp) * noise
-    )
+    return f.q_sample(schedule, x_start, t, noise, xp)
 
 
 def q_step_mean_variance(schedule: Any, x_prev: Array, t: Any) -> GaussianMoments:
@@ -124,17 +122,9 @@ def q_posterior_mean_variance(schedule: Any, x_start: Array, x_t: Array, t: Any)
     index 0 to log β̃ of index 1, as in Ho et al.'s code.
     """
     xp, t = _prepare(schedule, x_start, t, x_t)
-    mean = _posterior_mean(schedule, x_start, x_t, t, xp)
+    mean = f.posterior_mean(schedule, x_start, x_t, t, xp)
     var = gather(schedule.posterior_variance, t, x_t, xp=xp)
     log_var = gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp)
     return GaussianMoments(
         mean, xp.broadcast_to(var, mean.shape), xp.broadcast_to(log_var, mean.shape)
-    )
-
-
-def _posterior_mean(schedule: Any, x_start: Array, x_t: Array, t: Array, xp: Any) -> Array:
-    """μ̃_t(x_t, x_0) for already-checked inputs (used inside the reverse process)."""
-    return (
-        gather(schedule.posterior_mean_coef1, t, x_t, xp=xp) * x_start
-        + gather(schedule.posterior_mean_coef2, t, x_t, xp=xp) * x_t
     )

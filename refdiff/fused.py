@@ -171,9 +171,9 @@ def standard_normal_cuda(seed: int, sample_indices: Any, step: int, shape: tuple
     ``refdiff.noise.standard_normal(seed, sample_indices, step, shape, dtype=float32)``."""
     import cupy
 
-    from .noise import _check_seed
+    from .noise import check_seed
 
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     B = int(sample_indices.shape[0])
     D = int(math.prod(shape))
     out = cupy.empty((B, *shape), dtype=cupy.float32)
@@ -208,9 +208,9 @@ def ddpm_step_eps_cuda(
     """
     import cupy
 
-    from .noise import _check_seed
+    from .noise import check_seed
 
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     B, D = _check_batch(x_t, "x_t")
     if _check_batch(eps, "eps") != (B, D) or eps.shape != x_t.shape:
         raise ValueError(f"eps has shape {eps.shape}, expected {x_t.shape}")

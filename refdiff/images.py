@@ -12,17 +12,16 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ._deps import require
+from ._io import atomic_path, make_dir
+from .data import check_uint8_images
 
 __all__ = ["make_grid", "save_grid", "save_strip"]
 
 
 def _check_images(images: object, what: str) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        got = getattr(images, "dtype", type(images).__name__)
-        raise TypeError(f"{what} must be a uint8 numpy array [N, C, H, W], got {got}")
-    if images.ndim != 4:
-        raise ValueError(f"{what} must have shape [N, C, H, W], got {images.shape}")
+    images = check_uint8_images(images, what)
     if images.shape[0] < 1:
         raise ValueError(f"{what}: need at least one image")
     if images.shape[1] not in (1, 3):
@@ -98,9 +97,9 @@ def save_grid(
     ------
     TypeError, ValueError
         For images that are not ``uint8 [N, 1 or 3, H, W]`` or bad layout arguments.
-    OSError
-        (of the underlying kind, e.g. ``PermissionError``) when the file cannot be written; the
-        message names the path.
+    refdiff._io.OutputError
+        (an ``OSError``) when the file cannot be written; the message names the path and the
+        cause. The file is written whole or not at all (a temporary name, then a rename).
     """
     grid = make_grid(images, nrow=nrow, scale=scale, pad=pad, pad_value=pad_value)
     return _write_png(grid, Path(path))
@@ -122,11 +121,10 @@ def save_strip(
 def _write_png(grid: np.ndarray, path: Path) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"image grids are written as PNG; give a path ending in .png, got {path}")
-    image = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
-    except OSError as exc:
-        message = f"cannot write the PNG {str(path)!r}: {exc.strerror or exc}"
-        raise (type(exc)(exc.errno, message) if exc.errno else type(exc)(message)) from exc
+    image = require("PIL.Image", "data", "writing PNG images").fromarray(
+        grid[:, :, 0] if grid.shape[2] == 1 else grid
+    )
+    make_dir(path.parent)
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")
     return path

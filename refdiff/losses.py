@@ -11,30 +11,17 @@ bits/dim = nats / (D · ln 2), D the number of dimensions of one example.
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Any, NamedTuple
 
-from ._array import (
-    Array,
-    as_batch_timesteps,
-    device,
-    gather,
-    get_namespace,
-    log_ndtr,
-    stop_gradient,
-)
-from .forward import _posterior_mean
-from .reverse import (
-    Prediction,
-    Variance,
-    _enum,
-    _v_from_x0_eps,
-    p_mean_variance,
-    split_model_output,
-)
+from . import _formulas as f
+from ._array import Array, as_batch_timesteps, device, gather, get_namespace, stop_gradient
+from ._enums import Decoder, LossType, Prediction, Variance
+from ._formulas import LN2, VBTerm
+from .reverse import check_model_output
 
 __all__ = [
+    "LN2",
     "Decoder",
     "LossTerms",
     "LossType",
@@ -49,34 +36,15 @@ __all__ = [
     "vb_term",
 ]
 
-LN2 = math.log(2.0)
-
-
-class Decoder(str, enum.Enum):
-    """The decoder p_θ(x_0 | x_1) used for L_0."""
-
-    DISCRETIZED = "discretized"  # 8-bit data in [-1, 1]: discretized Gaussian with open outer bins
-    GAUSSIAN = "gaussian"  # real-valued data: a continuous Gaussian density
-
-
-class LossType(str, enum.Enum):
-    """The training objective."""
-
-    SIMPLE = "simple"  # MSE on the prediction target (ε, x_0 or v): Ho et al.'s L_simple
-    HYBRID = "hybrid"  # L_simple + λ L_vlb, λ = 0.001, the mean frozen in L_vlb (improved DDPM)
-    VLB = "vlb"  # the variational bound alone (an unbiased one-timestep estimate)
-
 
 def sum_flat(x: Array, xp: Any | None = None) -> Array:
     """Sum over every axis but the first (the batch)."""
-    xp = get_namespace(x) if xp is None else xp
-    return xp.sum(x, axis=tuple(range(1, x.ndim))) if x.ndim > 1 else x
+    return f.sum_flat(x, get_namespace(x) if xp is None else xp)
 
 
 def mean_flat(x: Array, xp: Any | None = None) -> Array:
     """Mean over every axis but the first (the batch)."""
-    xp = get_namespace(x) if xp is None else xp
-    return xp.mean(x, axis=tuple(range(1, x.ndim))) if x.ndim > 1 else x
+    return f.mean_flat(x, get_namespace(x) if xp is None else xp)
 
 
 def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
@@ -86,20 +54,9 @@ def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Arr
     evaluated as ½ (expm1(d) - d + (mean1 - mean2)² e^{-logvar2}) with d = logvar1 - logvar2, which is
     exactly 0 at equality and keeps full precision for nearly equal distributions.
     """
-    xp = get_namespace(mean1, logvar1, mean2, logvar2)
-    d = logvar1 - logvar2
-    return 0.5 * (xp.expm1(d) - d + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
-
-
-def _log1mexp(d: Array, xp: Any) -> Array:
-    """log(1 - e^d) for d < 0, accurate everywhere (Mächler 2012), with inputs kept finite in
-    both branches so that autograd sees no inf·0."""
-    tiny = xp.finfo(d.dtype).smallest_normal
-    d = xp.minimum(d, -tiny)
-    near = d > -LN2
-    d_near = xp.where(near, d, -1.0)
-    d_far = xp.where(near, -1.0, d)
-    return xp.where(near, xp.log(-xp.expm1(d_near)), xp.log1p(-xp.exp(d_far)))
+    return f.normal_kl(
+        mean1, logvar1, mean2, logvar2, get_namespace(mean1, logvar1, mean2, logvar2)
+    )
 
 
 def discretized_gaussian_log_likelihood(
@@ -131,28 +88,14 @@ def discretized_gaussian_log_likelihood(
         )
     if num_bins < 2:
         raise ValueError(f"num_bins must be >= 2, got {num_bins}")
-    half = 1.0 / (num_bins - 1)
-    inv_std = xp.exp(-log_scales)
-    centred = x - means
-    lo = (centred - half) * inv_std
-    hi = (centred + half) * inv_std
-    # A bin whose centre is above the mean is mirrored: Φ(b) - Φ(a) = Φ(-a) - Φ(-b).
-    upper = (lo + hi) > 0
-    a = xp.where(upper, -hi, lo)
-    b = xp.where(upper, -lo, hi)
-    log_b = log_ndtr(b, xp)
-    interior = log_b + _log1mexp(log_ndtr(a, xp) - log_b, xp)
-    bottom = x < -1.0 + half / 2
-    top = x > 1.0 - half / 2
-    edge = log_ndtr(xp.where(bottom, hi, -lo), xp)
-    return xp.where(bottom | top, edge, interior)
+    return f.discretized_gaussian_log_likelihood(x, means, log_scales, num_bins, xp)
 
 
 def continuous_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: Array) -> Array:
     """log N(x; mean, e^{2 log_scale}) elementwise, in nats (for real-valued data)."""
-    xp = get_namespace(x, means, log_scales)
-    z = (x - means) * xp.exp(-log_scales)
-    return -0.5 * z * z - log_scales - 0.5 * math.log(2.0 * math.pi)
+    return f.continuous_gaussian_log_likelihood(
+        x, means, log_scales, get_namespace(x, means, log_scales)
+    )
 
 
 def prior_kl(schedule: Any, x_start: Array) -> Array:
@@ -169,14 +112,7 @@ def prior_kl(schedule: Any, x_start: Array) -> Array:
         gather(schedule.log_one_minus_alphas_cumprod, t, x_start, xp=xp), x_start.shape
     )
     zero = xp.zeros_like(x_start)
-    return sum_flat(normal_kl(mean, log_var, zero, zero), xp)
-
-
-class VBTerm(NamedTuple):
-    """One timestep's term of the bound, per example (nats, summed over dimensions)."""
-
-    nats: Array
-    pred_x0: Array
+    return f.sum_flat(f.normal_kl(mean, log_var, zero, zero, xp), xp)
 
 
 def vb_term(
@@ -190,39 +126,54 @@ def vb_term(
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
     clip_denoised: bool = False,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    num_bins: int = 256,
 ) -> VBTerm:
     """L_{t-1} for each example: the Gaussian KL for index t > 0, the decoder NLL at index 0.
 
     Returns nats summed over the non-batch dimensions (per example) and the model's x̂_0.
     """
-    decoder = _enum(Decoder, decoder)
+    prediction = Prediction.parse(prediction)
+    variance = Variance.parse(variance)
+    decoder = Decoder.parse(decoder)
+    xp, tt = _check_term_inputs(schedule, model_output, x_start, x_t, t, variance, num_bins)
+    return f.vb_term(
+        schedule,
+        model_output,
+        x_start,
+        x_t,
+        tt,
+        prediction,
+        variance,
+        decoder,
+        clip_denoised,
+        data_range,
+        num_bins,
+        xp,
+    )
+
+
+def _check_term_inputs(
+    schedule: Any,
+    model_output: Array,
+    x_start: Array,
+    x_t: Array,
+    t: Any,
+    variance: Variance,
+    num_bins: int,
+) -> tuple[Any, Array]:
     xp = get_namespace(model_output, x_start, x_t)
     if tuple(x_start.shape) != tuple(x_t.shape):
         raise ValueError(
             f"x_start {tuple(x_start.shape)} and x_t {tuple(x_t.shape)} differ in shape"
         )
-    t = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
-    p = p_mean_variance(
-        schedule,
-        model_output,
-        x_t,
-        t,
-        prediction=prediction,
-        variance=variance,
-        clip_denoised=clip_denoised,
-    )
-    true_mean = _posterior_mean(schedule, x_start, x_t, t, xp)
-    true_log_var = gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp)
-    kl = sum_flat(
-        normal_kl(true_mean, xp.broadcast_to(true_log_var, x_t.shape), p.mean, p.log_variance), xp
-    )
-    log_scales = xp.broadcast_to(0.5 * p.log_variance, x_t.shape)
-    if decoder is Decoder.DISCRETIZED:
-        ll = discretized_gaussian_log_likelihood(x_start, means=p.mean, log_scales=log_scales)
-    else:
-        ll = continuous_gaussian_log_likelihood(x_start, means=p.mean, log_scales=log_scales)
-    nll = -sum_flat(ll, xp)
-    return VBTerm(xp.where(t == 0, nll, kl), p.pred_x0)
+    if model_output.dtype != x_t.dtype:
+        raise TypeError(f"model output dtype {model_output.dtype} differs from x_t's {x_t.dtype}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    tt = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
+    check_model_output(model_output, x_t, variance)
+    return xp, tt
 
 
 class LossTerms(NamedTuple):
@@ -245,6 +196,9 @@ def training_losses(
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
+    clip_denoised: bool = False,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    num_bins: int = 256,
     lambda_vlb: float = 0.001,
 ) -> LossTerms:
     """Per-example training loss for a denoiser output at (x_t, t) with x_t = q_sample(x_0, t, noise).
@@ -256,23 +210,26 @@ def training_losses(
 
     Works on any backend; on PyTorch the result carries autograd through ``model_output``.
     """
-    loss_type = _enum(LossType, loss_type)
-    prediction = _enum(Prediction, prediction)
-    variance = _enum(Variance, variance)
-    xp = get_namespace(model_output, x_start, x_t, noise)
-    t = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
-    out, var_out = split_model_output(model_output, x_t, variance)
+    loss_type = LossType.parse(loss_type)
+    prediction = Prediction.parse(prediction)
+    variance = Variance.parse(variance)
+    decoder = Decoder.parse(decoder)
     if variance.learned and loss_type is LossType.SIMPLE:
         raise ValueError(
             f"a {variance.value!r} variance is only trained by the 'hybrid' or 'vlb' loss, not 'simple'"
         )
+    xp, tt = _check_term_inputs(schedule, model_output, x_start, x_t, t, variance, num_bins)
+    if tuple(noise.shape) != tuple(x_t.shape):
+        raise ValueError(f"noise {tuple(noise.shape)} and x_t {tuple(x_t.shape)} differ in shape")
+    get_namespace(model_output, noise)  # one backend, one device
+    out, var_out = f.split_channels(model_output, x_t.shape[1] if x_t.ndim > 1 else 0, variance)
     if prediction is Prediction.EPSILON:
         target = noise
     elif prediction is Prediction.X0:
         target = x_start
     else:
-        target = _v_from_x0_eps(schedule, x_start, t, noise, xp)
-    mse = mean_flat((target - out) ** 2, xp)
+        target = f.v_from_x0_eps(schedule, x_start, tt, noise, xp)
+    mse = f.mean_flat((target - out) ** 2, xp)
     if loss_type is LossType.SIMPLE:
         return LossTerms(mse, mse, None)
     frozen = model_output
@@ -284,15 +241,19 @@ def training_losses(
         )
     dims = math.prod(x_start.shape[1:])
     vb = (
-        vb_term(
+        f.vb_term(
             schedule,
             frozen,
             x_start,
             x_t,
-            t,
-            prediction=prediction,
-            variance=variance,
-            decoder=decoder,
+            tt,
+            prediction,
+            variance,
+            decoder,
+            clip_denoised,
+            data_range,
+            num_bins,
+            xp,
         ).nats
         / (dims * LN2)
         * float(schedule.num_timesteps)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._array import Array
 
-__all__ = ["PRIOR_STEP", "philox4x32", "standard_normal", "uniform_open"]
+__all__ = ["PRIOR_STEP", "check_seed", "philox4x32", "standard_normal", "uniform_open"]
 
 _M32 = 0xFFFFFFFF
 _M16 = 0xFFFF
@@ -71,7 +71,7 @@ def philox4x32(counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: 
     return c0, c1, c2, c3
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     seed = int(seed)
@@ -88,7 +88,7 @@ def uniform_open(
     Value j of sample ``sample_indices[b]`` at ``step`` depends on (seed, sample index, step, j)
     alone. ``per_sample`` is rounded up to a multiple of 4 internally (one Philox call per four).
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not 0 <= int(step) <= _M32:
         raise ValueError(f"step must be in [0, 2**32), got {step}")
     idx = xp.astype(sample_indices, xp.int64)

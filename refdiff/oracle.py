@@ -26,20 +26,47 @@ from typing import Any
 import numpy as np
 
 from ._array import Array, gather, get_namespace
-from .reverse import Prediction, Variance
+from ._enums import Prediction, Variance
 
-__all__ = ["GaussianMixtureOracle"]
+__all__ = ["TOY_MIXTURES", "GaussianMixture", "toy_mixture"]
+
+#: Names accepted by :func:`toy_mixture`.
+TOY_MIXTURES = ("bimodal1d", "ring8")
+
+# Samples drawn from a seed come in fixed blocks, each from its own generator seeded by (seed,
+# block index): sample i is then a function of (seed, i) alone, whatever n is, and drawing stays
+# vectorised.
+_SAMPLE_BLOCK = 1024
+
+
+def _frozen_float64(value: object, what: str) -> np.ndarray:
+    arr = np.array(value, dtype=np.float64)  # a private copy, then made read-only
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} must be finite")
+    arr.flags.writeable = False
+    return arr
 
 
 @dataclass(frozen=True, eq=False)
-class GaussianMixtureOracle:
-    """The exact diffusion quantities of x_0 ~ Σ_k w_k N(μ_k, s_k² I) in D dimensions.
+class GaussianMixture:
+    """x_0 ~ Σ_k w_k N(μ_k, s_k² I) in D dimensions, with every diffusion quantity exact.
+
+    The data of the toy experiments and the oracle of the property tests: the density of the
+    data and of every noised version of it, the exact denoiser E[ε | x_t], E[x_0 | x_t] and
+    Var[x_0 | x_t], in float64 array-API code (any backend).
 
     Parameters
     ----------
-    weights : [K]   positive, summing to 1
-    means : [K, D]
-    stds : [K]      positive (isotropic components)
+    weights : array_like [K]
+        Positive, summing to 1 (within 1e-9).
+    means : array_like [K, D]
+    stds : array_like [K]
+        Positive (isotropic components).
+
+    Raises
+    ------
+    ValueError
+        If a shape does not match or a value is out of its domain.
     """
 
     weights: np.ndarray
@@ -47,21 +74,26 @@ class GaussianMixtureOracle:
     stds: np.ndarray
 
     def __post_init__(self) -> None:
-        w = np.asarray(self.weights, dtype=np.float64)
-        m = np.asarray(self.means, dtype=np.float64)
-        s = np.asarray(self.stds, dtype=np.float64)
-        if w.ndim != 1 or m.ndim != 2 or s.shape != w.shape or m.shape[0] != w.shape[0]:
-            raise ValueError(
-                f"need weights [K], means [K, D], stds [K]; got {w.shape}, {m.shape}, {s.shape}"
-            )
-        if np.any(w <= 0) or abs(w.sum() - 1) > 1e-9 or np.any(s <= 0):
-            raise ValueError("weights must be positive and sum to 1, stds positive")
-        object.__setattr__(self, "weights", w)
-        object.__setattr__(self, "means", m)
-        object.__setattr__(self, "stds", s)
+        weights = _frozen_float64(self.weights, "weights")
+        means = _frozen_float64(self.means, "means")
+        stds = _frozen_float64(self.stds, "stds")
+        if weights.ndim != 1 or len(weights) < 1:
+            raise ValueError(f"weights must have shape [K] with K >= 1, got {weights.shape}")
+        k = len(weights)
+        if means.ndim != 2 or means.shape[0] != k or means.shape[1] < 1:
+            raise ValueError(f"means must have shape [{k}, D] with D >= 1, got {means.shape}")
+        if stds.shape != (k,):
+            raise ValueError(f"stds must have shape [{k}], got {stds.shape}")
+        if (weights <= 0).any() or abs(weights.sum() - 1.0) > 1e-9:
+            raise ValueError(f"weights must be positive and sum to 1, got {weights.tolist()}")
+        if (stds <= 0).any():
+            raise ValueError(f"stds must be positive, got {stds.tolist()}")
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "means", means)
+        object.__setattr__(self, "stds", stds)
 
     @classmethod
-    def gaussian(cls, mean: Any, std: float) -> GaussianMixtureOracle:
+    def gaussian(cls, mean: Any, std: float) -> GaussianMixture:
         """A single isotropic Gaussian N(mean, std² I)."""
         return cls(
             np.ones(1), np.asarray(mean, dtype=np.float64).reshape(1, -1), np.array([float(std)])
@@ -69,19 +101,52 @@ class GaussianMixtureOracle:
 
     @property
     def dim(self) -> int:
+        """The dimension D of a sample."""
         return int(self.means.shape[1])
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n float64 samples [n, D] from the data distribution."""
-        k = rng.choice(self.weights.shape[0], size=n, p=self.weights)
-        return self.means[k] + self.stds[k, None] * rng.standard_normal((n, self.dim))
+    def sample(self, n: int, seed: int | np.random.Generator) -> np.ndarray:
+        """``n`` float64 samples ``[n, D]`` from the data distribution.
+
+        With an int ``seed``, sample i depends only on ``(seed, i)``: ``sample(10, s)[:5]`` equals
+        ``sample(5, s)``, whatever the number drawn at once or the split of the work. With a
+        ``numpy.random.Generator``, the samples are drawn from it (advancing it).
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = int(n)
+        if isinstance(seed, np.random.Generator):
+            k = seed.choice(self.weights.shape[0], size=n, p=self.weights)
+            return self.means[k] + self.stds[k, None] * seed.standard_normal((n, self.dim))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer or a Generator, got {seed!r}")
+        cumulative = np.cumsum(self.weights)
+        blocks = []
+        for b in range(-(-n // _SAMPLE_BLOCK)):
+            rng = np.random.default_rng([int(seed), b])
+            u = rng.random(_SAMPLE_BLOCK)
+            z = rng.standard_normal((_SAMPLE_BLOCK, self.dim))
+            # min(): the last cumulative weight may round to just under 1.
+            k = np.minimum(np.searchsorted(cumulative, u, side="right"), len(self.weights) - 1)
+            blocks.append(self.means[k] + self.stds[k, None] * z)
+        if not blocks:
+            return np.empty((0, self.dim), dtype=np.float64)
+        return np.concatenate(blocks)[:n]
+
+    def noised(self, alpha_bar: float) -> GaussianMixture:
+        """The law of √ᾱ x_0 + √(1 - ᾱ) ε: means scaled by √ᾱ, variances ᾱ s_k² + 1 - ᾱ."""
+        a = float(alpha_bar)
+        if not 0.0 < a <= 1.0:
+            raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar!r}")
+        return GaussianMixture(
+            self.weights, np.sqrt(a) * self.means, np.sqrt(a * self.stds**2 + (1.0 - a))
+        )
 
     # -- the marginal q(x_t) ---------------------------------------------------------------
     def _components(self, x: Array, acp: Array, xp: Any):
         """log responsibilities' numerators, centred x, v_k for x [B, D] and ᾱ [B, 1]."""
-        mu = xp.asarray(self.means, device=_dev(x))  # [K, D]
-        s2 = xp.asarray(self.stds**2, device=_dev(x))  # [K]
-        logw = xp.asarray(np.log(self.weights), device=_dev(x))
+        mu = _on(self.means, x, xp)  # [K, D]
+        s2 = _on(self.stds**2, x, xp)  # [K]
+        logw = _on(np.log(self.weights), x, xp)
         a = acp[:, :, None]  # [B, 1, 1]
         v = a * s2[None, None, :] + (1.0 - a)  # [B, 1, K]
         diff = x[:, :, None] - xp.sqrt(a) * xp.permute_dims(mu, (1, 0))[None, :, :]  # [B, D, K]
@@ -97,13 +162,31 @@ class GaussianMixtureOracle:
         """log q_t(x) for x [B, D] where ᾱ_t is given per example ([B]) or as a scalar; ᾱ = 1 is
         the data density itself."""
         xp = get_namespace(x)
+        self._check_rows(x)
         acp = _acp_column(alphas_cumprod, x, xp)
         logp, _, _ = self._components(x, acp, xp)
         return _logsumexp(logp, xp)
 
+    def log_prob(self, x: Array) -> Array:
+        """Log density (nats) of the data at each row of ``x`` [B, D]."""
+        return self.log_marginal(x, 1.0)
+
     def nll(self, x0: Array) -> Array:
         """Exact negative log-density of data points x0 [B, D] (nats per example)."""
         return -self.log_marginal(x0, 1.0)
+
+    def score(self, x: Array) -> Array:
+        """∇ log q(x) of the data at each row of ``x`` [B, D]: Σ_k r_k(x) (μ_k - x) / s_k²."""
+        xp = get_namespace(x)
+        self._check_rows(x)
+        acp = _acp_column(1.0, x, xp)
+        logp, diff, v = self._components(x, acp, xp)
+        r = xp.exp(logp - _logsumexp(logp, xp)[:, None])[:, None, :]  # [B, 1, K]
+        return -xp.sum(r * diff / v, axis=2)
+
+    def _check_rows(self, x: Array) -> None:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [n, {self.dim}], got {tuple(x.shape)}")
 
     def _posterior(self, schedule: Any, x: Array, t: Array, xp: Any):
         flat = xp.reshape(x, (x.shape[0], -1))
@@ -122,12 +205,12 @@ class GaussianMixtureOracle:
         _, acp, r, diff, v = self._posterior(schedule, x_t, t, xp)
         a = acp[:, :, None]
         eps = xp.sum(r * xp.sqrt(1.0 - a) * diff / v, axis=2)
-        mu = xp.asarray(self.means, device=_dev(x_t))
-        s2 = xp.asarray(self.stds**2, device=_dev(x_t))
+        mu = _on(self.means, x_t, xp)
+        s2 = _on(self.stds**2, x_t, xp)
         x0 = xp.sum(
             r * (xp.permute_dims(mu, (1, 0))[None, ...] + xp.sqrt(a) * s2 * diff / v), axis=2
         )
-        pred = Prediction(prediction)
+        pred = Prediction.parse(prediction)
         if pred is Prediction.EPSILON:
             out = eps
         elif pred is Prediction.X0:
@@ -141,8 +224,8 @@ class GaussianMixtureOracle:
         xp = get_namespace(x_t)
         _, acp, r, diff, v = self._posterior(schedule, x_t, t, xp)
         a = acp[:, :, None]
-        mu = xp.asarray(self.means, device=_dev(x_t))
-        s2 = xp.asarray(self.stds**2, device=_dev(x_t))
+        mu = _on(self.means, x_t, xp)
+        s2 = _on(self.stds**2, x_t, xp)
         m_k = xp.permute_dims(mu, (1, 0))[None, ...] + xp.sqrt(a) * s2 * diff / v  # [B, D, K]
         var_k = s2 * (1.0 - a) / v  # [B, 1, K]
         mean = xp.sum(r * m_k, axis=2)
@@ -160,7 +243,7 @@ class GaussianMixtureOracle:
         With ``variance='learned'`` it appends the exact reverse log-variance
         log(β̃_t + c_t² Var[x_0 | x_t]) as the second half of the channels (axis 1).
         """
-        variance = Variance(variance)
+        variance = Variance.parse(variance)
 
         def fn(x_t: Array, t: Array) -> Array:
             xp = get_namespace(x_t)
@@ -178,7 +261,7 @@ class GaussianMixtureOracle:
 
         return fn
 
-    def prior_mismatch_kl(self, schedule: Any, num_samples: int = 0) -> float:
+    def prior_mismatch_kl(self, schedule: Any) -> float:
         """KL(q(x_T) ‖ N(0, I)) for a single Gaussian (closed form, nats); 0 under zero terminal SNR."""
         if self.weights.shape[0] != 1:
             raise ValueError("the closed form needs a single Gaussian")
@@ -194,6 +277,12 @@ def _dev(x: Array) -> Any:
     return device(x)
 
 
+def _on(a: np.ndarray, like: Array, xp: Any) -> Array:
+    """A parameter array on ``like``'s backend and device (a writable copy: torch refuses to
+    wrap read-only NumPy memory)."""
+    return xp.asarray(np.array(a), device=_dev(like))
+
+
 def _acp_column(acp: Array | float, x: Array, xp: Any) -> Array:
     if isinstance(acp, (int, float)):
         return xp.full((x.shape[0], 1), float(acp), dtype=x.dtype, device=_dev(x))
@@ -203,3 +292,19 @@ def _acp_column(acp: Array | float, x: Array, xp: Any) -> Array:
 def _logsumexp(a: Array, xp: Any) -> Array:
     m = xp.max(a, axis=1)
     return m + xp.log(xp.sum(xp.exp(a - m[:, None]), axis=1))
+
+
+def toy_mixture(name: str) -> GaussianMixture:
+    """A preset Gaussian mixture, with values well inside ``[-1, 1]``.
+
+    ``"ring8"``: 8 equally weighted 2-D Gaussians (std 0.05) evenly spaced on the circle of radius
+    0.7. ``"bimodal1d"``: 1-D Gaussians at -0.5 and +0.5 (std 0.15), weights 0.3 and 0.7. An
+    unknown name is a ``ValueError`` listing the known ones.
+    """
+    if name == "ring8":
+        angles = 2.0 * np.pi * np.arange(8) / 8
+        means = 0.7 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        return GaussianMixture(np.full(8, 1 / 8), means, np.full(8, 0.05))
+    if name == "bimodal1d":
+        return GaussianMixture([0.3, 0.7], [[-0.5], [0.5]], [0.15, 0.15])
+    raise ValueError(f"unknown toy mixture {name!r}; known: {list(TOY_MIXTURES)}")

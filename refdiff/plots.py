@@ -8,7 +8,7 @@
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, never
 through pyplot, so no GUI backend is touched and nothing global changes. Each function writes one
-PNG (creating parent folders) and returns its path.
+PNG atomically (creating parent folders) and returns its path.
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from ._deps import require
+from ._io import atomic_path, make_dir
+
 __all__ = ["plot_bound_terms", "plot_loss", "plot_samples_vs_data", "plot_schedule"]
 
 _DPI = 120
 
 
 def _figure(width: float, height: float) -> Any:
+    require("matplotlib", "eval", "plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,8 +43,9 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; give a path ending in .png, got {str(p)!r}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, format="png", dpi=_DPI)
+    make_dir(p.parent)
+    with atomic_path(p, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
     return p
 
 

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from . import _formulas as f
 from ._array import Array, gather, get_namespace, table_on
+from ._enums import Prediction, Variance
 from .noise import PRIOR_STEP, standard_normal
-from .reverse import Prediction, Variance, _enum, _p_mean_variance
+from .reverse import check_denoiser_output
 
 __all__ = ["SAMPLERS", "ddim_sample", "ddpm_sample", "sample"]
 
@@ -91,7 +93,7 @@ def ddpm_sample(
     update and its noise draw as one CUDA kernel (:mod:`refdiff.fused`), equal to this generic
     path; the callback then receives ``pred_x0=None``.
     """
-    prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
+    prediction, variance = Prediction.parse(prediction), Variance.parse(variance)
     _check_ztsnr(schedule, prediction)
     if fused:
         return _ddpm_fused(
@@ -113,13 +115,13 @@ def ddpm_sample(
     xp, B, x, noise, tmap, _ = _setup(
         schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
     )
+    posterior = _model_posterior(
+        schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp
+    )
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=device)
-        out = _checked_output(denoiser(x, xp.take(tmap, t, axis=0)), x)
-        p = _p_mean_variance(
-            schedule, out, x, t, prediction, variance, clip_denoised, data_range, xp, want_eps=False
-        )
+        p = posterior(x, t, want_eps=False)
         if t_int > 0:
             x = p.mean + xp.exp(0.5 * p.log_variance) * noise(t_int, tuple(x.shape))
         else:
@@ -158,10 +160,13 @@ def ddim_sample(
     xp, B, x, noise, tmap, _ = _setup(
         schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
     )
-    prediction, variance = _enum(Prediction, prediction), _enum(Variance, variance)
+    prediction, variance = Prediction.parse(prediction), Variance.parse(variance)
     _check_ztsnr(schedule, prediction)
     if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    posterior = _model_posterior(
+        schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp
+    )
     # σ_t in float64 from the tables, per index.
     acp, acp_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,10 +177,7 @@ def ddim_sample(
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
         t = xp.full((B,), t_int, dtype=xp.int64, device=device)
-        out = _checked_output(denoiser(x, xp.take(tmap, t, axis=0)), x)
-        p = _p_mean_variance(
-            schedule, out, x, t, prediction, variance, clip_denoised, data_range, xp
-        )
+        p = posterior(x, t)
         # p.pred_eps is recomputed from the clipped x̂_0 when clipping (consistent pair).
         x_new = (
             gather(sqrt_acp_prev, t, x, xp=xp) * p.pred_x0
@@ -227,7 +229,7 @@ def _ddpm_fused(
     x = standard_normal_cuda(seed, idx, PRIOR_STEP, tuple(shape[1:])) if x_T is None else x_T
     for i, t_int in enumerate(range(schedule.num_timesteps - 1, -1, -1)):
         t_model = xp.full((B,), int(schedule.timestep_map[t_int]), dtype=xp.int64)
-        out = _checked_output(denoiser(x, t_model), x)
+        out = check_denoiser_output(denoiser(x, t_model), x, variance)
         new = ddpm_step_eps_cuda(
             schedule,
             x,
@@ -245,15 +247,28 @@ def _ddpm_fused(
     return x
 
 
-def _checked_output(out: Array, x: Array) -> Array:
-    """The denoiser's output must be an array of x's namespace and dtype (no silent casts)."""
-    if type(out) is not type(x):
-        raise TypeError(
-            f"the denoiser returned {type(out).__name__}, expected {type(x).__name__} like x_t"
+def _model_posterior(schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp):
+    """``posterior(x, t, want_eps=True)``: p(x_{t-1} | x_t) from the denoiser's checked output at
+    (x, t), the model's parameterisation wrapped once for the whole loop."""
+
+    def posterior(x: Array, t: Array, want_eps: bool = True) -> f.PMeanVariance:
+        out = check_denoiser_output(denoiser(x, xp.take(tmap, t, axis=0)), x, variance)
+        mean_out, var_out = f.split_channels(out, x.shape[1], variance)
+        return f.p_mean_variance(
+            schedule,
+            mean_out,
+            var_out,
+            x,
+            t,
+            prediction,
+            variance,
+            clip_denoised,
+            data_range,
+            xp,
+            want_eps=want_eps,
         )
-    if out.dtype != x.dtype:
-        raise TypeError(f"the denoiser returned dtype {out.dtype}, expected {x.dtype} like x_t")
-    return out
+
+    return posterior
 
 
 def _check_ztsnr(schedule: Any, prediction: Prediction) -> None:

@@ -99,13 +99,11 @@ class Schedule:
             raise ValueError("alphas_exact must equal 1 - betas")
         acp = np.cumprod(alphas)
         acp_prev = np.append(1.0, acp[:-1])
-        acp_next = np.append(acp[1:], 0.0)
         with np.errstate(divide="ignore"):
             tables = {
                 "alphas": alphas,
                 "alphas_cumprod": acp,
                 "alphas_cumprod_prev": acp_prev,
-                "alphas_cumprod_next": acp_next,
                 "sqrt_alphas": np.sqrt(alphas),
                 "sqrt_alphas_cumprod": np.sqrt(acp),
                 "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - acp),
@@ -138,7 +136,6 @@ class Schedule:
     alphas: np.ndarray = field(init=False, repr=False)
     alphas_cumprod: np.ndarray = field(init=False, repr=False)
     alphas_cumprod_prev: np.ndarray = field(init=False, repr=False)
-    alphas_cumprod_next: np.ndarray = field(init=False, repr=False)
     sqrt_alphas: np.ndarray = field(init=False, repr=False)
     sqrt_alphas_cumprod: np.ndarray = field(init=False, repr=False)
     sqrt_one_minus_alphas_cumprod: np.ndarray = field(init=False, repr=False)
@@ -239,11 +236,6 @@ class Schedule:
     def __repr__(self) -> str:
         extra = ", respaced" if self.is_respaced else ""
         return f"Schedule(name={self.name!r}, T={self.num_timesteps}, params={self.params}{extra})"
-
-
-def _betas_from_alphas_cumprod(acp: np.ndarray, max_beta: float = 0.999) -> np.ndarray:
-    prev = np.append(1.0, acp[:-1])
-    return np.minimum(1.0 - acp / prev, max_beta)
 
 
 def make_betas(name: str, T: int, **params: Any) -> np.ndarray:

@@ -9,14 +9,14 @@ import pytest
 from conftest import assert_close
 
 import refdiff as rd
-from refdiff import GaussianMixtureOracle, get_schedule
+from refdiff import GaussianMixture, get_schedule
 
 LN2 = math.log(2)
 
 
 @pytest.fixture(scope="module")
 def gauss():
-    oracle = GaussianMixtureOracle.gaussian([0.3, -0.2], 0.2)
+    oracle = GaussianMixture.gaussian([0.3, -0.2], 0.2)
     x0 = oracle.sample(512, np.random.default_rng(0))
     return oracle, x0
 
@@ -55,9 +55,7 @@ def test_bound_is_at_least_the_nll(gauss, variance, name):
 
 
 def test_bound_of_a_mixture_is_at_least_its_nll():
-    oracle = GaussianMixtureOracle(
-        np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.15, 0.1])
-    )
+    oracle = GaussianMixture(np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.15, 0.1]))
     x0 = oracle.sample(400, np.random.default_rng(1))
     s = get_schedule("cosine", 300)
     res = rd.variational_bound(
@@ -98,7 +96,7 @@ def test_discretized_bound_on_8bit_data():
     positive, and it is far below the 8 bits/dim of a uniform model for concentrated data."""
     rng = np.random.default_rng(2)
     levels = np.round(np.clip(rng.normal(0.2, 0.05, (64, 4)), -1, 1) * 127.5) / 127.5
-    oracle = GaussianMixtureOracle.gaussian(np.full(4, 0.2), 0.05)
+    oracle = GaussianMixture.gaussian(np.full(4, 0.2), 0.05)
     s = get_schedule("cosine", 100)
     res = rd.variational_bound(s, oracle.denoiser(s), levels)
     assert np.all(res.total_bpd > 0) and res.total_bpd.mean() < 8
@@ -134,7 +132,7 @@ def test_respaced_bound_calls_model_with_original_timesteps(gauss):
 
 
 def test_bound_backends(xp):
-    oracle = GaussianMixtureOracle.gaussian([0.1, 0.0], 0.3)
+    oracle = GaussianMixture.gaussian([0.1, 0.0], 0.3)
     x0_np = oracle.sample(6, np.random.default_rng(3))
     s = get_schedule("cosine", 20)
     ref = rd.variational_bound(s, oracle.denoiser(s), x0_np, decoder="gaussian")

@@ -11,14 +11,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 from refdiff.nn.unet import UNet  # noqa: E402
+from refdiff.runs.folder import RunFolder, find_checkpoint  # noqa: E402
+from refdiff.runs.train_config import TrainConfig, resolve_config  # noqa: E402
 from refdiff.training.checkpoint import (  # noqa: E402
     check_same_config,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     load_model,
 )
-from refdiff.training.config import TrainConfig, resolve_config  # noqa: E402
 from refdiff.training.trainer import Trainer  # noqa: E402
 
 
@@ -65,29 +64,29 @@ def trained_run(tmp_path_factory):
 
 def test_layout_and_round_trip(trained_run):
     out, trainer, summary = trained_run
-    ckpts = list_checkpoints(out)
+    ckpts = RunFolder(out).checkpoints()
     assert [p.name for p in ckpts] == ["ckpt-00000004", "ckpt-00000006"]  # keep = 2
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     files = sorted(p.name for p in ckpts[-1].iterdir())
     assert files == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "state.json"]
     assert summary["checkpoint"] == str(ckpts[-1])
     for path in (out, out / "checkpoints", ckpts[-1]):
-        assert latest_checkpoint(path) == ckpts[-1]
+        assert find_checkpoint(path) == ckpts[-1]
 
     ckpt = load_checkpoint(out)
     assert ckpt.step == 6
     assert ckpt.config == trainer.config
-    for name, value in trainer.model.state_dict().items():
+    for name, value in trainer.state.model.state_dict().items():
         assert torch.equal(ckpt.model_state[name], value)
-    for name, value in trainer.ema.state_dict().items():
+    for name, value in trainer.state.ema.state_dict().items():
         assert torch.equal(ckpt.ema_state[name], value)
-    opt = trainer.optimizer.state_dict()
+    opt = trainer.state.optimizer.state_dict()
     assert ckpt.optimizer_state["param_groups"][0]["lr"] == opt["param_groups"][0]["lr"]
     for pid, st in opt["state"].items():
         for key, value in st.items():
             assert torch.equal(ckpt.optimizer_state["state"][pid][key], value)
-    assert ckpt.numpy_rng == trainer.rng.bit_generator.state
-    assert ckpt.timestep_sampler == trainer.sampler.state_dict()
+    assert ckpt.numpy_rng == trainer.state.rng.bit_generator.state
+    assert ckpt.timestep_sampler == trainer.state.sampler.state_dict()
 
 
 def test_load_model_gives_the_ema_weights_in_eval_mode(trained_run):
@@ -96,16 +95,16 @@ def test_load_model_gives_the_ema_weights_in_eval_mode(trained_run):
     assert isinstance(model, UNet) and not model.training
     assert diffusion == trainer.config.diffusion
     assert next(model.parameters()).device.type == "cpu"
-    for name, value in trainer.ema.state_dict().items():
+    for name, value in trainer.state.ema.state_dict().items():
         assert torch.equal(model.state_dict()[name], value)
-    raw, _ = load_model(latest_checkpoint(out), ema=False)
-    for name, value in trainer.model.state_dict().items():
+    raw, _ = load_model(find_checkpoint(out), ema=False)
+    for name, value in trainer.state.model.state_dict().items():
         assert torch.equal(raw.state_dict()[name], value)
 
 
 def test_state_json_is_plain_json(trained_run):
     out, _, _ = trained_run
-    state = json.loads((latest_checkpoint(out) / "state.json").read_text())
+    state = json.loads((find_checkpoint(out) / "state.json").read_text())
     assert state["step"] == 6
     assert set(state["files"]) == {"model.safetensors", "ema.safetensors", "optimizer.safetensors"}
     assert isinstance(state["torch_rng"], list)
@@ -132,7 +131,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 )
 def test_damaged_checkpoints_are_detected(trained_run, tmp_path, name, damage, message):
     out = copy_run(trained_run[0], tmp_path / "copy")
-    f = latest_checkpoint(out) / name
+    f = find_checkpoint(out) / name
     data = f.read_bytes()
     if damage == "truncate":
         f.write_bytes(data[: len(data) // 2])
@@ -199,8 +198,8 @@ def test_resume_continues_bit_for_bit(tmp_path):
         run(half, tmp_path / "resumed")
         torch.manual_seed(12345)  # disturb the global generator: the checkpoint must not care
         b, summary = run(cfg, tmp_path / "resumed", resume=True)
-        assert summary["start_step"] == 4 and b.step == 8
-        assert b.sampler.warmed_up  # the importance sampler's state made it through
+        assert summary["start_step"] == 4 and b.state.step == 8
+        assert b.state.sampler.warmed_up  # the importance sampler's state made it through
 
         def losses(out: Path) -> list[float]:
             lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -209,10 +208,10 @@ def test_resume_continues_bit_for_bit(tmp_path):
         assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
         assert len(losses(tmp_path / "straight")) == 8
         for (n1, p1), (n2, p2) in zip(
-            a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+            a.state.model.state_dict().items(), b.state.model.state_dict().items(), strict=True
         ):
             assert n1 == n2 and torch.equal(p1, p2), n1
-        for p1, p2 in zip(a.ema.parameters(), b.ema.parameters(), strict=True):
+        for p1, p2 in zip(a.state.ema.parameters(), b.state.ema.parameters(), strict=True):
             assert torch.equal(p1, p2)
     finally:
         torch.use_deterministic_algorithms(False)

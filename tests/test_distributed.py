@@ -23,7 +23,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 if not torch.distributed.is_available():  # pragma: no cover
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
-from refdiff.training.config import resolve_config  # noqa: E402
+from refdiff.runs.train_config import resolve_config  # noqa: E402
 from refdiff.training.trainer import Trainer  # noqa: E402
 
 CONFIG = {
@@ -50,7 +50,7 @@ WORKER = textwrap.dedent(
     import json, sys
     import torch
     from safetensors.torch import save_file
-    from refdiff.training.config import resolve_config
+    from refdiff.runs.train_config import resolve_config
     from refdiff.training.trainer import Trainer
 
     torch.set_num_threads(1)
@@ -58,13 +58,13 @@ WORKER = textwrap.dedent(
     cfg = resolve_config(config_file)
     trainer = Trainer(cfg, out, device="cpu", progress=False)
     assert trainer.ctx.world_size == 2 and trainer.ctx.backend == "gloo"
-    loss, t, per_example = trainer.forward_backward()
-    grads = {n: p.grad.contiguous() for n, p in trainer.model.named_parameters()}
+    loss, t, per_example = trainer.state.forward_backward()
+    grads = {n: p.grad.contiguous() for n, p in trainer.state.model.named_parameters()}
     if trainer.ctx.rank == 0:
         save_file(grads, grads_file)
     summary = trainer.train()
     if trainer.ctx.rank == 0:
-        summary["sampler"] = trainer.sampler.state_dict()
+        summary["sampler"] = trainer.state.sampler.state_dict()
         with open(summary_file, "w") as f:
             json.dump(summary, f)
     trainer.close()
@@ -119,8 +119,8 @@ def one_process(tmp_path_factory):
             resolve_config(None, CONFIG), out, device="cpu", progress=False, log=lambda s: None
         )
         assert trainer.ctx.world_size == 1
-        trainer.forward_backward()
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+        trainer.state.forward_backward()
+        grads = {n: p.grad.clone() for n, p in trainer.state.model.named_parameters()}
         summary = trainer.train()
         return grads, summary, trainer
     finally:
@@ -145,7 +145,7 @@ def test_distributed_run_matches_and_rank_zero_writes(two_process_run, one_proce
     assert summary["step"] == 2
     # The importance sampler saw the same global batches in the same order on every process.
     state = summary["sampler"]
-    assert state["counts"] == trainer.sampler.state_dict()["counts"]
+    assert state["counts"] == trainer.state.sampler.state_dict()["counts"]
     # Held-out bits/dim: the same images and noise, sharded over 2 processes.
     assert summary["eval_bpd"] == pytest.approx(single_summary["eval_bpd"], rel=1e-4)
     run = two_process_run / "run"

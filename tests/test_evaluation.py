@@ -21,9 +21,9 @@ import pytest
 import scipy.linalg
 
 import refdiff as rd
-from refdiff import GaussianMixtureOracle
-from refdiff.config import DiffusionConfig
-from refdiff.data import load_digits, toy_mixture
+from refdiff import Diffusion, GaussianMixture, toy_mixture
+from refdiff._io import to_jsonable
+from refdiff.data import load_digits
 from refdiff.evaluation import (
     bits_per_dim,
     digits_classifier,
@@ -33,7 +33,6 @@ from refdiff.evaluation import (
     importance_timestep_probs,
     memorisation_report,
     nearest_neighbour_distances,
-    to_jsonable,
     toy_bound_gap,
     toy_mixture_report,
     train_digits_classifier,
@@ -201,25 +200,23 @@ def _gaussian_images(n=40, seed=0):
     mean = np.array([0.2, -0.3, 0.5, 0.0])
     x = np.clip(mean + 0.2 * rng.standard_normal((n, 4)), -1, 1)
     images = np.rint((x + 1) * 127.5).astype(np.uint8).reshape(n, 1, 2, 2)
-    return images, GaussianMixtureOracle.gaussian(mean, 0.2)
+    return images, GaussianMixture.gaussian(mean, 0.2)
 
 
 def _toy_diffusion(T=40, **kw):
-    return DiffusionConfig(
-        schedule={"name": "cosine", "params": {}, "T": T}, image_shape=(1, 2, 2), **kw
-    )
+    return Diffusion(schedule={"name": "cosine", "params": {}, "T": T}, image_shape=(1, 2, 2), **kw)
 
 
 def test_bits_per_dim_matches_the_core_and_ignores_batching():
     images, oracle = _gaussian_images()
     cfg = _toy_diffusion(clip_denoised=False)
-    den = oracle.denoiser(cfg.build_schedule())
+    den = oracle.denoiser(cfg.schedule)
     a = bits_per_dim(den, cfg, images, num_draws=8, batch_size=64, progress=False, dtype=np.float64)
     b = bits_per_dim(den, cfg, images, num_draws=8, batch_size=7, progress=True, dtype=np.float64)
     for key in ("bpd_full", "bpd_full_stderr", "bpd_mc", "bpd_mc_stderr", "prior_bpd"):
         assert a[key] == pytest.approx(b[key], rel=1e-12), key
     direct = rd.variational_bound(
-        cfg.build_schedule(), den, rd.data.to_model_range(images, np.float64), clip_denoised=False
+        cfg.schedule, den, rd.data.to_model_range(images, np.float64), clip_denoised=False
     )
     assert a["bpd_full"] == pytest.approx(float(direct.total_bpd.mean()), rel=1e-12)
     np.testing.assert_allclose(a["terms_bpd"], direct.terms_bpd.mean(axis=0), rtol=1e-12)
@@ -236,7 +233,7 @@ def test_importance_sampled_estimate_is_unbiased_and_less_noisy():
     images, oracle = _gaussian_images(n=64)
     pilot, _ = _gaussian_images(n=16, seed=9)  # other images than the evaluated ones
     cfg = _toy_diffusion(T=50, clip_denoised=False)
-    den = oracle.denoiser(cfg.build_schedule())
+    den = oracle.denoiser(cfg.schedule)
     probs = importance_timestep_probs(den, cfg, pilot, dtype=np.float64)
     assert probs.shape == (50,) and np.all(probs > 0) and probs.sum() == pytest.approx(1.0)
     kw = {"num_draws": 8, "progress": False, "dtype": np.float64}
@@ -252,7 +249,7 @@ def test_importance_sampled_estimate_is_unbiased_and_less_noisy():
 def test_bits_per_dim_parts():
     images, oracle = _gaussian_images(n=6)
     cfg = _toy_diffusion(T=10)
-    den = oracle.denoiser(cfg.build_schedule())
+    den = oracle.denoiser(cfg.schedule)
     mc_only = bits_per_dim(den, cfg, images, full=False, num_draws=4, progress=False)
     assert mc_only["bpd_full"] is None and mc_only["terms_bpd"] is None
     assert np.isfinite(mc_only["bpd_mc"])
@@ -270,7 +267,7 @@ def test_bits_per_dim_with_a_torch_denoiser():
 
     images, oracle = _gaussian_images(n=8)
     cfg = _toy_diffusion(T=10)
-    sched = cfg.build_schedule()
+    sched = cfg.schedule
     den = oracle.denoiser(sched)
 
     def wrapped(x, t):  # NumPy in and out, torch inside
@@ -287,7 +284,7 @@ def test_bits_per_dim_with_a_torch_denoiser():
 def test_bits_per_dim_bad_input():
     images, oracle = _gaussian_images(n=4)
     cfg = _toy_diffusion(T=5)
-    den = oracle.denoiser(cfg.build_schedule())
+    den = oracle.denoiser(cfg.schedule)
     with pytest.raises(ValueError, match=r"\(1, 2, 2\).*\(1, 4, 1\)"):
         bits_per_dim(den, cfg, images.reshape(4, 1, 4, 1), progress=False)
     with pytest.raises(ValueError, match="num_draws"):
@@ -323,16 +320,16 @@ def test_toy_report_of_true_samples_collapsed_ones_and_blurred_ones():
 
 def test_toy_bound_gap_is_the_prior_term_for_the_exact_reverse_process():
     """Gaussian data, exact mean and variance: bound - NLL = KL(q(x_T) ‖ N(0, I)) in expectation."""
-    oracle = GaussianMixtureOracle.gaussian([0.3, -0.2], 0.2)
-    cfg = DiffusionConfig(
+    oracle = GaussianMixture.gaussian([0.3, -0.2], 0.2)
+    cfg = Diffusion(
         schedule={"name": "linear", "params": {}, "T": 200},
         variance="learned",
         image_shape=(2, 1, 1),
         clip_denoised=False,
     )
-    den = oracle.denoiser(cfg.build_schedule(), "epsilon", "learned")
+    den = oracle.denoiser(cfg.schedule, "epsilon", "learned")
     g = toy_bound_gap(den, cfg, oracle, 512)
-    prior = oracle.prior_mismatch_kl(cfg.build_schedule())
+    prior = oracle.prior_mismatch_kl(cfg.schedule)
     assert abs(g["gap"] - prior) < 4 * g["gap_stderr"] + 1e-9
     assert g["gap_stderr"] < 0.1  # nats per point: the test has power
     assert g["gap_bpd"] == pytest.approx(g["gap"] / (2 * LN2))
@@ -340,21 +337,21 @@ def test_toy_bound_gap_is_the_prior_term_for_the_exact_reverse_process():
 
 def test_toy_bound_gap_is_positive_for_a_mixture():
     mix = toy_mixture("bimodal1d")
-    cfg = DiffusionConfig(
+    cfg = Diffusion(
         schedule={"name": "cosine", "params": {}, "T": 100},
         image_shape=(1, 1, 1),
         clip_denoised=False,
     )
-    oracle = GaussianMixtureOracle(mix.weights, mix.means, mix.stds)
-    g = toy_bound_gap(oracle.denoiser(cfg.build_schedule()), cfg, mix, 400, batch_size=150)
+    oracle = GaussianMixture(mix.weights, mix.means, mix.stds)
+    g = toy_bound_gap(oracle.denoiser(cfg.schedule), cfg, mix, 400, batch_size=150)
     assert g["gap"] > -4 * g["gap_stderr"]
     assert g["bound"] == pytest.approx(g["nll"] + g["gap"])
     with pytest.raises(ValueError, match=r"\(2, 1, 1\) holds 2 values, the mixture is 1-dim"):
-        toy_bound_gap(oracle.denoiser(cfg.build_schedule()), _toy_cfg_2d(), mix, 10)
+        toy_bound_gap(oracle.denoiser(cfg.schedule), _toy_cfg_2d(), mix, 10)
 
 
 def _toy_cfg_2d():
-    return DiffusionConfig(schedule={"name": "cosine", "params": {}, "T": 5}, image_shape=(2, 1, 1))
+    return Diffusion(schedule={"name": "cosine", "params": {}, "T": 5}, image_shape=(2, 1, 1))
 
 
 # ---- refdiff eval ---------------------------------------------------------------------------
@@ -365,7 +362,7 @@ def _only_eval_command(monkeypatch):
     """`refdiff` with only the eval subcommand, so these tests do not depend on the others."""
     import refdiff.cli
 
-    monkeypatch.setattr(refdiff.cli, "COMMANDS", {"eval": "refdiff.evaluation.cli"})
+    monkeypatch.setattr(refdiff.cli, "COMMANDS", {"eval": "refdiff.commands.eval"})
 
 
 def _main(argv, capsys):
@@ -391,7 +388,7 @@ def _hand_made_onnx(path: Path, image_shape=(1, 8, 8), T=10) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from refdiff.runtime import METADATA_KEY, ModelMetadata
+    from refdiff.onnx_contract import METADATA_KEY, ModelMetadata
 
     c, h, w = image_shape
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, h, w])
@@ -401,7 +398,7 @@ def _hand_made_onnx(path: Path, image_shape=(1, 8, 8), T=10) -> Path:
         [helper.make_node("Identity", ["x"], ["model_output"])], "g", [x, t], [y]
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    diffusion = DiffusionConfig(
+    diffusion = Diffusion(
         schedule={"name": "cosine", "params": {}, "T": T}, image_shape=image_shape
     )
     helper.set_model_props(proto, {METADATA_KEY: ModelMetadata(diffusion=diffusion).to_json()})
@@ -479,7 +476,7 @@ def test_eval_onnx_without_torch(onnx_model, tmp_path):
         sys.meta_path.insert(0, Block())
         import refdiff.cli
         from refdiff.cli import main
-        refdiff.cli.COMMANDS = {{"eval": "refdiff.evaluation.cli"}}
+        refdiff.cli.COMMANDS = {{"eval": "refdiff.commands.eval"}}
         rc = main(["eval", {str(onnx_model)!r}, "--n-images", "4", "--mc-draws", "2",
                    "--no-progress", "--out", {str(tmp_path / "r.json")!r}])
         import refdiff.evaluation.classifier, refdiff.plots  # torch-free too
@@ -544,8 +541,8 @@ def test_eval_run_folder_through_pytorch(tmp_path, capsys):
     import torch
 
     from refdiff.nn.unet import UNet
+    from refdiff.runs.train_config import resolve_config
     from refdiff.training.checkpoint import save_checkpoint
-    from refdiff.training.config import resolve_config
 
     cfg = resolve_config(
         None,

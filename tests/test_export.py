@@ -28,13 +28,17 @@ from refdiff.export import (  # noqa: E402
     export_onnx,
     verify_onnx,
 )
-from refdiff.export import cli as export_cli  # noqa: E402
 from tiny_model import TINY_DIFFUSION, TINY_UNET, shared_export, tiny_diffusion, tiny_model  # noqa: E402
 
-from refdiff import ddim_sample, ddpm_sample  # noqa: E402
-from refdiff.config import DiffusionConfig  # noqa: E402
+from refdiff import (  # noqa: E402
+    Diffusion,
+    ddim_sample,
+    ddpm_sample,
+)
+from refdiff.commands import export as export_cli  # noqa: E402
 from refdiff.nn import UNet, UNetConfig  # noqa: E402
-from refdiff.runtime import METADATA_KEY, OnnxDenoiser, sample_array, sampling_schedule  # noqa: E402
+from refdiff.onnx_contract import METADATA_KEY  # noqa: E402
+from refdiff.runtime import OnnxDenoiser, sample_array  # noqa: E402
 
 # One torch thread for these tiny models is set for the whole session in conftest.py.
 
@@ -218,14 +222,14 @@ def test_export_refuses_bad_input(tmp_path, monkeypatch):
     model, d, out = tiny_model(), tiny_diffusion(), tmp_path / "m.onnx"
     with pytest.raises(ValueError, match="opset must be an int >= 18"):
         export_onnx(model, d, out, opset=17)
-    with pytest.raises(TypeError, match="DiffusionConfig"):
+    with pytest.raises(TypeError, match="Diffusion"):
         export_onnx(model, TINY_DIFFUSION, out)
     with pytest.raises(TypeError, match=r"torch.nn.Module"):
         export_onnx(lambda x, t: x, d, out)
-    fixed = DiffusionConfig.from_dict({**TINY_DIFFUSION, "variance": "fixed_small"})
+    fixed = Diffusion.from_dict({**TINY_DIFFUSION, "variance": "fixed_small"})
     with pytest.raises(ValueError, match=r"learn_sigma=True.*'fixed_small'"):
         export_onnx(model, fixed, out)
-    rgb = DiffusionConfig.from_dict({**TINY_DIFFUSION, "image_shape": [3, 8, 8]})
+    rgb = Diffusion.from_dict({**TINY_DIFFUSION, "image_shape": [3, 8, 8]})
     with pytest.raises(ValueError, match="in_channels=1"):
         export_onnx(model, rgb, out)
     with pytest.raises(ValueError, match="needs \\(2, 1, 8, 8\\)"):  # generic: the dry run
@@ -255,7 +259,7 @@ def test_torch_and_onnx_sampling_agree(tiny_onnx, sampler, steps, eta):
     d = tiny_diffusion()
     model = tiny_model()
     den = OnnxDenoiser(tiny_onnx)
-    schedule = sampling_schedule(d.build_schedule(), steps)
+    schedule = d.sampling_schedule(steps)
     sample_fn = ddpm_sample if sampler == "ddpm" else ddim_sample
     kwargs = {} if sampler == "ddpm" else {"eta": eta}
     with torch.no_grad():
@@ -309,7 +313,7 @@ def test_cli_module_does_not_import_torch():
     import sys
 
     code = (
-        "import sys; import refdiff.export.cli, refdiff.runtime.cli; "
+        "import sys; import refdiff.commands.export, refdiff.commands.sample; "
         "print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -323,8 +327,8 @@ HAS_TRAINER = importlib.util.find_spec("refdiff.training") is not None and (
 
 def _save_run(run_dir: Path, model: UNet) -> Path:
     """A checkpoint of ``model`` (as both raw and EMA weights) written by the trainer's API."""
+    from refdiff.runs.train_config import TrainConfig
     from refdiff.training.checkpoint import save_checkpoint
-    from refdiff.training.config import TrainConfig
 
     config = TrainConfig(
         unet=UNetConfig.from_dict(TINY_UNET), diffusion=tiny_diffusion(), loss="hybrid"
@@ -364,8 +368,8 @@ def test_cli_check_on_a_checkpoint(tiny_onnx, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRAINER, reason="refdiff.training not available yet")
 def test_cli_export_and_check_a_trained_run(tmp_path, capsys):
+    from refdiff.runs.train_config import TrainConfig
     from refdiff.training.checkpoint import load_model
-    from refdiff.training.config import TrainConfig
     from refdiff.training.trainer import train
 
     run = tmp_path / "run"
@@ -395,7 +399,7 @@ def test_cli_export_and_check_a_trained_run(tmp_path, capsys):
     # The exported EMA model is the checkpoint's EMA model: the same samples.
     model, diffusion = load_model(run)
     den = OnnxDenoiser(tmp_path / "model.onnx")
-    schedule = sampling_schedule(diffusion.build_schedule(), 5)
+    schedule = diffusion.sampling_schedule(5)
     with torch.no_grad():
         want = ddim_sample(
             schedule,

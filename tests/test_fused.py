@@ -150,7 +150,7 @@ def test_fused_ddpm_sampler_equals_generic_on_gpu():
     import cupy
 
     s = rd.get_schedule("cosine", 50)
-    oracle = rd.GaussianMixtureOracle.gaussian(np.zeros(12), 0.4)
+    oracle = rd.GaussianMixture.gaussian(np.zeros(12), 0.4)
 
     def den(x, t):
         return oracle.predict(s, x, t, "epsilon")

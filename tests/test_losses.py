@@ -215,7 +215,7 @@ def test_training_loss_bad_input():
     x0, noise, t, xt, out = _batch()
     with pytest.raises(ValueError, match="only trained by the 'hybrid' or 'vlb'"):
         rd.training_losses(SCHED, torch.cat([out, out], 1), x0, xt, t, noise, variance="learned")
-    with pytest.raises(ValueError, match="unknown losstype 'l1'"):
+    with pytest.raises(ValueError, match="unknown loss type 'l1'"):
         rd.training_losses(SCHED, out, x0, xt, t, noise, loss_type="l1")
 
 

@@ -98,14 +98,15 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
 
     want = sample_images(OnnxDenoiser(model), 5, sampler="ddim", steps=6, seed=2, progress=False)
     whole_cli = all(
-        _importable(m) for m in ("refdiff.demo", "refdiff.training.cli", "refdiff.evaluation.cli")
+        _importable(m)
+        for m in ("refdiff.commands.demo", "refdiff.commands.train", "refdiff.commands.eval")
     )
     result = _run_blocked(
         f"""
         import argparse, json, sys
         import numpy as np
         from refdiff.runtime import OnnxDenoiser, sample_images
-        from refdiff.runtime import cli as sample_cli
+        from refdiff.commands import sample as sample_cli
 
         den = OnnxDenoiser({str(model)!r})
         api = sample_images(den, 5, sampler="ddim", steps=6, seed=2, progress=False)
@@ -143,3 +144,51 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
     assert (tmp_path / "cli.png").stat().st_size > 0
     if whole_cli:
         assert result["main_code"] == 0 and (tmp_path / "main.png").exists()
+
+
+def test_run_folder_settings_load_without_torch(tmp_path):
+    """A run folder's settings (config.json, and a checkpoint's hash-checked state.json) load in a
+    process where torch cannot be imported: the torch-free half of the run layout."""
+    from refdiff.runs import resolve_config
+    from refdiff.runs.folder import RunFolder, write_checkpoint_folder
+
+    config = resolve_config(None, {"data": "digits", "steps": 7})
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.config_file.write_text(config.to_json())
+    blobs = {
+        name: name.encode()
+        for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+    }
+    write_checkpoint_folder(run.path, 7, {"step": 7, "config": config.to_dict()}, blobs)
+    result = _run_blocked(
+        f"""
+        import json, sys
+        from refdiff.runs import RunFolder, find_checkpoint, read_run_config
+        from refdiff.commands.eval import open_model
+        run = {str(run.path)!r}
+        cfg = read_run_config(run)
+        ckpt = read_run_config(find_checkpoint(run))
+        try:
+            open_model(run)
+            opened = "no error"
+        except ImportError as exc:
+            opened = str(exc)
+        print(json.dumps({{
+            "diffusion": cfg.diffusion.to_dict(),
+            "same": cfg == ckpt == RunFolder(run).read_config(),
+            "unet": cfg.unet.to_dict(),
+            "steps": cfg.steps,
+            "opened": opened,
+            "torch_loaded": "torch" in sys.modules,
+        }}))
+        """,
+        tmp_path,
+    )
+    assert result["diffusion"] == config.diffusion.to_dict()
+    assert result["unet"] == config.unet.to_dict() and result["steps"] == 7
+    assert result["same"] and not result["torch_loaded"]
+    # evaluating the checkpoint itself needs PyTorch, and the message says how to get it
+    assert (
+        'pip install "refdiff[torch]"' in result["opened"] or "refdiff[torch]" in result["opened"]
+    )

@@ -23,8 +23,9 @@ pytest.importorskip("onnxruntime")
 
 from tiny_model import shared_export, tiny_diffusion
 
+from refdiff.commands import sample as sample_cli
+from refdiff.onnx_contract import METADATA_KEY
 from refdiff.runtime import (
-    METADATA_KEY,
     DeviceUnavailableError,
     MetadataError,
     OnnxDenoiser,
@@ -36,7 +37,6 @@ from refdiff.runtime import (
     shard_range,
     to_uint8,
 )
-from refdiff.runtime import cli as sample_cli
 
 # ------------------------------------------------------------------------------------------
 
@@ -73,8 +73,8 @@ def test_denoiser_reads_the_metadata(denoiser):
     assert denoiser.diffusion == tiny_diffusion()
     assert denoiser.metadata.dtype == "float32"
     assert denoiser.metadata.model["base_channels"] == 8
-    assert denoiser.schedule.num_timesteps == 50
-    assert np.array_equal(denoiser.schedule.betas, tiny_diffusion().build_schedule().betas)
+    assert denoiser.diffusion.num_timesteps == 50
+    assert np.array_equal(denoiser.diffusion.schedule.betas, tiny_diffusion().schedule.betas)
     assert denoiser.providers[0] == "CPUExecutionProvider"
     assert denoiser.image_shape == (1, 8, 8) and denoiser.out_channels == 2
     assert denoiser.xp.__name__ == "array_api_compat.numpy"
@@ -348,7 +348,7 @@ def test_shard_helpers():
         ({"n": -3}, ValueError, "number of samples n must be >= 1"),
         ({"n": 2.5}, TypeError, "must be an int"),
         ({"steps": 51}, ValueError, "51 steps: the model was trained with T = 50"),
-        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"steps": 0}, ValueError, "steps must be an int >= 1"),
         ({"sampler": "euler"}, ValueError, "unknown sampler 'euler'"),
         ({"shard": "2/2"}, ValueError, r"shard index K must be in \[0, 1\]"),
         ({"shard": "1of2"}, ValueError, "shard must look like K/N"),
@@ -478,7 +478,7 @@ def test_cli_sample_help(capsys):
     assert "examples:" in out and "--shard 2/8" in out and "--device cuda" in out
 
 
-_CLI_MODULES = ("refdiff.demo", "refdiff.training.cli", "refdiff.evaluation.cli")
+_CLI_MODULES = ("refdiff.commands.demo", "refdiff.commands.train", "refdiff.commands.eval")
 
 
 def _importable(name: str) -> bool:

@@ -8,9 +8,9 @@ from conftest import assert_close, to_numpy
 from scipy import stats
 
 import refdiff as rd
-from refdiff import GaussianMixtureOracle, get_schedule, space_timesteps
+from refdiff import GaussianMixture, get_schedule, space_timesteps
 
-MIX = GaussianMixtureOracle(np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.12, 0.12]))
+MIX = GaussianMixture(np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.12, 0.12]))
 
 
 def _mixture_cdf(x):
@@ -122,7 +122,7 @@ def test_sample_alone_equals_sample_in_batch(sampler):
 
 def test_samplers_backends_agree(xp):
     s = get_schedule("cosine", 30)
-    oracle = GaussianMixtureOracle.gaussian(np.zeros(8), 0.3)
+    oracle = GaussianMixture.gaussian(np.zeros(8), 0.3)
 
     def den(x, t):  # an image-shaped denoiser on any backend
         flat = oracle.predict(s, x, t, "epsilon")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refdiff.timesteps import (
+from refdiff.timestep_sampling import (
     LossSecondMomentSampler,
     UniformSampler,
     make_timestep_sampler,

@@ -35,9 +35,9 @@ def tiny_model(seed: int = 0):
 
 
 def tiny_diffusion():
-    from refdiff.config import DiffusionConfig
+    from refdiff import Diffusion
 
-    return DiffusionConfig.from_dict(TINY_DIFFUSION)
+    return Diffusion.from_dict(TINY_DIFFUSION)
 
 
 def shared_export(tmp_path_factory: pytest.TempPathFactory, fp16: bool = False) -> Path:

@@ -1,37 +1,43 @@
 """Evaluation of diffusion models: bits/dim through the bound, sample quality, toy-mixture checks.
 
-NumPy only (no torch): :mod:`.metrics` holds the measures, :mod:`.classifier` the small digits
-classifier whose features the Fréchet distance uses, and :mod:`.cli` the ``refdiff eval`` command
-(which imports torch only to evaluate a PyTorch checkpoint). See docs/evaluation.md.
+- :mod:`.evaluate`: :func:`evaluate`, the one entry point (the trainer, ``refdiff eval`` and
+  ``refdiff demo`` call it);
+- :mod:`.likelihood`: held-out bits/dim through the core's bound;
+- :mod:`.quality`: Fréchet distance, classifier confidence and coverage, memorisation;
+- :mod:`.classifier`: the small digits classifier whose features the Fréchet distance uses;
+- :mod:`.toys`: exact checks on Gaussian-mixture toys;
+- :mod:`.cli`: the ``refdiff eval`` command (which imports torch only for a PyTorch checkpoint).
+
+NumPy and SciPy only: no torch. See docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 from .classifier import DigitsClassifier, digits_classifier, train_digits_classifier
-from .metrics import (
-    bits_per_dim,
+from .evaluate import evaluate
+from .likelihood import BoundParts, bits_per_dim, bound_parts, importance_timestep_probs
+from .quality import (
     digits_sample_quality,
     frechet_distance,
     frechet_distance_gaussians,
-    importance_timestep_probs,
     memorisation_report,
     nearest_neighbour_distances,
-    to_jsonable,
-    toy_bound_gap,
-    toy_mixture_report,
 )
+from .toys import toy_bound_gap, toy_mixture_report
 
 __all__ = [
+    "BoundParts",
     "DigitsClassifier",
     "bits_per_dim",
+    "bound_parts",
     "digits_classifier",
     "digits_sample_quality",
+    "evaluate",
     "frechet_distance",
     "frechet_distance_gaussians",
     "importance_timestep_probs",
     "memorisation_report",
     "nearest_neighbour_distances",
-    "to_jsonable",
     "toy_bound_gap",
     "toy_mixture_report",
     "train_digits_classifier",

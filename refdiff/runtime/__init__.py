@@ -5,40 +5,32 @@ onnxruntime-gpu (CUDA, IO binding on device pointers).
 >>> den = OnnxDenoiser("model.onnx")                                  # doctest: +SKIP
 >>> images = sample_images(den, 64, sampler="ddim", steps=50)         # doctest: +SKIP
 
-This package never imports torch (a test runs it with ``import torch`` blocked); onnxruntime and
-CuPy are imported only when a model is opened.
+- :mod:`.session`: :class:`OnnxDenoiser`, a model file as the core's denoiser callable;
+- :mod:`.devices`: ``cpu`` / ``cuda:N``, onnxruntime and CuPy imports;
+- :mod:`.sampling`: many samples in bounded chunks, shards, uint8 images and their files.
+
+The file format itself (names, metadata) is :mod:`refdiff.onnx_contract`. This package never
+imports torch (a test runs it with ``import torch`` blocked); onnxruntime and CuPy are imported
+only when a model is opened.
 """
 
 from __future__ import annotations
 
+from ..onnx_contract import MetadataError, ModelMetadata
+from .devices import DeviceUnavailableError, parse_device
 from .sampling import (
     Denoiser,
     check_output_path,
     parse_shard,
     sample_array,
     sample_images,
-    sampling_schedule,
     save_samples,
     shard_range,
     to_uint8,
 )
-from .session import (
-    FORMAT_VERSION,
-    INPUT_NAMES,
-    METADATA_KEY,
-    OUTPUT_NAME,
-    DeviceUnavailableError,
-    MetadataError,
-    ModelMetadata,
-    OnnxDenoiser,
-    parse_device,
-)
+from .session import OnnxDenoiser
 
 __all__ = [
-    "FORMAT_VERSION",
-    "INPUT_NAMES",
-    "METADATA_KEY",
-    "OUTPUT_NAME",
     "Denoiser",
     "DeviceUnavailableError",
     "MetadataError",
@@ -49,7 +41,6 @@ __all__ = [
     "parse_shard",
     "sample_array",
     "sample_images",
-    "sampling_schedule",
     "save_samples",
     "shard_range",
     "to_uint8",

@@ -24,9 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import DiffusionConfig
-from ..samplers import SAMPLERS, Callback, sample
-from ..schedules import Schedule, space_timesteps
+from ..samplers import SAMPLERS, Callback
+from ..settings import Diffusion
 
 __all__ = [
     "Denoiser",
@@ -34,7 +33,6 @@ __all__ = [
     "parse_shard",
     "sample_array",
     "sample_images",
-    "sampling_schedule",
     "save_samples",
     "shard_range",
     "to_uint8",
@@ -47,8 +45,7 @@ class Denoiser(Protocol):
     ``xp`` (the array namespace the denoiser takes) is optional and defaults to NumPy.
     """
 
-    diffusion: DiffusionConfig
-    schedule: Schedule
+    diffusion: Diffusion
 
     def __call__(self, x: Any, t: Any) -> Any: ...
 
@@ -102,20 +99,6 @@ def shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
     return k * n // count, (k + 1) * n // count
 
 
-def sampling_schedule(schedule: Schedule, steps: int | None) -> Schedule:
-    """``schedule`` itself (``steps`` None or T) or respaced to ``steps`` evenly spaced steps."""
-    T = schedule.num_timesteps
-    if steps is None:
-        return schedule
-    steps = _check_int(steps, "steps", 1)
-    if steps > T:
-        raise ValueError(
-            f"cannot sample with {steps} steps: the model was trained with T = {T} steps "
-            f"(choose 1 <= steps <= {T})"
-        )
-    return schedule if steps == T else schedule.respace(space_timesteps(T, steps))
-
-
 def to_uint8(x: np.ndarray, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """Map samples in ``data_range`` to 8-bit levels 0..255 (rounded, clipped)."""
     lo, hi = data_range
@@ -165,22 +148,12 @@ def sample_array(
         )
     shard = parse_shard(shard)
     start, stop = shard_range(n, shard)
-    d: DiffusionConfig = denoiser.diffusion
-    schedule = sampling_schedule(denoiser.schedule, steps)
+    d: Diffusion = denoiser.diffusion
+    schedule = d.sampling_schedule(steps)
     xp = getattr(denoiser, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
-    kwargs: dict[str, Any] = {
-        "prediction": d.prediction,
-        "variance": d.variance,
-        "clip_denoised": d.clip_denoised,
-        "data_range": d.data_range,
-        "seed": seed,
-        "xp": xp,
-        "dtype": xp.float32,
-    }
-    if sampler == "ddim":
-        kwargs["eta"] = float(eta)
+    options: dict[str, Any] = {"eta": float(eta)} if sampler == "ddim" else {}
     n_steps = schedule.num_timesteps
     chunks = [(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
     out = np.empty((stop - start, *d.image_shape), dtype=np.float32)
@@ -203,14 +176,17 @@ def sample_array(
 
         for lo, hi in chunks:
             indices = xp.asarray(np.arange(lo, hi, dtype=np.int64))
-            x = sample(
-                sampler,
-                schedule,
+            x = d.sample(
                 denoiser,
-                (hi - lo, *d.image_shape),
+                hi - lo,
+                sampler=sampler,
+                steps=steps,
+                seed=seed,
                 sample_indices=indices,
+                xp=xp,
+                dtype=xp.float32,
                 callback=step_done,
-                **kwargs,
+                **options,
             )
             out[lo - start : hi - start] = _to_host(x)
     return out

@@ -1,11 +1,15 @@
 """Training the PyTorch U-Net with the core's noising and losses.
 
-- :class:`TrainConfig`, :func:`resolve_config`, :data:`RECIPES`: what a run is;
-- :class:`Trainer`, :func:`train`: the loop (EMA, warm-up, clipping, evaluation, samples, DDP);
-- :func:`load_checkpoint`, :func:`latest_checkpoint`, :func:`load_model`: reading runs back.
+- :mod:`.trainer`: :class:`Trainer`, :func:`train`: the loop (logs, evaluation, samples, DDP);
+- :mod:`.step`: :class:`TrainState`: the weights, EMA, optimiser and the step itself;
+- :mod:`.data`: the train / held-out split and the data order;
+- :mod:`.checkpoint`: :func:`load_checkpoint`, :func:`load_model`, :func:`save_checkpoint`;
+- :mod:`.distributed`: torchrun process groups.
 
-The names are imported lazily (PEP 562), so ``import refdiff.training.cli`` (which the ``refdiff``
-command does for ``--help``) does not import torch; touching any name below does.
+What a run *is* (:class:`~refdiff.runs.TrainConfig`, recipes) and where it lives (the run folder)
+are torch-free, in :mod:`refdiff.runs`; the command is :mod:`refdiff.commands.train`. The names
+below are imported lazily (PEP 562), so importing the package does not import torch; touching any
+name below does.
 """
 
 from __future__ import annotations
@@ -15,19 +19,13 @@ from typing import Any
 
 _EXPORTS = {
     "Checkpoint": "checkpoint",
-    "latest_checkpoint": "checkpoint",
-    "list_checkpoints": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_model": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "RECIPES": "config",
-    "RESUMABLE_KEYS": "config",
-    "TrainConfig": "config",
-    "load_config_file": "config",
-    "resolve_config": "config",
+    "TrainState": "step",
     "Trainer": "trainer",
-    "load_training_data": "trainer",
     "train": "trainer",
+    "load_training_data": "data",
 }
 
 __all__ = sorted(_EXPORTS)

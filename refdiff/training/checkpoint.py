@@ -1,33 +1,13 @@
-"""Checkpoints: safetensors plus JSON, written atomically, verified before anything is loaded.
+"""Checkpoints of the PyTorch trainer: safetensors tensors plus JSON, verified before loading.
 
-Layout of a run folder and of one checkpoint::
-
-    <run>/config.json                       the run's TrainConfig
-    <run>/checkpoints/ckpt-00001500/
-        model.safetensors                   the trained weights
-        ema.safetensors                     the exponential moving average of the weights
-        optimizer.safetensors               every tensor of the optimiser state, named
-                                            "state.<param index>.<name>" (exp_avg, step, ...)
-        state.json                          step, TrainConfig, timestep-sampler state, NumPy and
-                                            torch RNG states, the optimiser's non-tensor parts,
-                                            the sha256 of every other file, and the sha256 of
-                                            its own content ("state_sha256")
-
-No pickle anywhere (``torch.load`` is never called). A checkpoint is written into a temporary
-folder next to its final place, every file and the folder are fsync'ed, and the folder is renamed
-into place, so a crash leaves either the whole checkpoint or none of it; only the last K are
-kept. Loading reads every file, checks every hash and only then parses anything, so a truncated
-or corrupted checkpoint is a ``ValueError`` naming the bad file, never a half-loaded model.
+The folder layout, the hashes and the atomic write are :mod:`refdiff.runs.folder` (torch-free);
+this module turns modules, optimisers and RNG states into those files and back. No pickle anywhere
+(``torch.load`` is never called): a truncated or corrupted checkpoint is a ``ValueError`` naming
+the bad file, never a half-loaded model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,37 +18,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..config import DiffusionConfig
 from ..nn.unet import UNet
-from .config import TrainConfig, config_differences
+from ..runs.folder import find_checkpoint, read_checkpoint_files, write_checkpoint_folder
+from ..runs.train_config import TrainConfig, config_differences
+from ..settings import Diffusion
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "Checkpoint",
     "check_same_config",
-    "checkpoint_name",
-    "latest_checkpoint",
-    "list_checkpoints",
     "load_checkpoint",
     "load_model",
     "optimizer_state_from_tensors",
     "optimizer_state_to_tensors",
     "save_checkpoint",
 ]
-
-CHECKPOINT_FORMAT = "refdiff-checkpoint"
-FORMAT_VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d{8,})$")
-_TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"ckpt-{step:08d}"
-
-
-# --------------------------------------------------------------------------------------------
-# Optimiser state <-> named tensors + JSON
-# --------------------------------------------------------------------------------------------
 
 
 def _jsonable(v: Any) -> Any:
@@ -122,39 +85,6 @@ def optimizer_state_from_tensors(
     return {"state": state, "param_groups": groups}
 
 
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _state_tensors(module_or_state: Any) -> dict[str, torch.Tensor]:
     sd = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
@@ -179,7 +109,8 @@ def save_checkpoint(
 
     ``model`` and ``ema`` are modules (or their state dicts), ``optimizer`` an optimiser (or its
     state dict). If ``keep`` is given, older checkpoints beyond the last ``keep`` are deleted.
-    An existing checkpoint of the same step is replaced.
+    An existing checkpoint of the same step is replaced. The folder layout and the atomic write
+    are :mod:`refdiff.runs.folder`'s.
     """
     opt_sd = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     opt_tensors, opt_meta = optimizer_state_to_tensors(opt_sd)
@@ -191,8 +122,6 @@ def save_checkpoint(
     if torch_rng is None:
         torch_rng = torch.get_rng_state()
     state: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "version": FORMAT_VERSION,
         "step": int(step),
         "config": config.to_dict(),
         "timestep_sampler": _jsonable(dict(timestep_sampler)),
@@ -203,79 +132,8 @@ def save_checkpoint(
         else [[int(v) for v in s.to(torch.uint8).tolist()] for s in cuda_rng],
         "optimizer": opt_meta,
         "extra": _jsonable(dict(extra or {})),
-        "files": {name: _sha256(data) for name, data in blobs.items()},
     }
-    state["state_sha256"] = _sha256(_canonical(state))
-    blobs["state.json"] = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
-
-    parent = Path(run_dir) / "checkpoints"
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / checkpoint_name(int(step))
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
-    try:
-        for name, data in blobs.items():
-            _write_file(tmp / name, data)
-        _fsync_dir(tmp)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if keep is not None:
-        for stale in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def remove_stale_temporaries(run_dir: str | Path) -> None:
-    """Delete temporary folders left by a checkpoint write that was interrupted."""
-    parent = Path(run_dir) / "checkpoints"
-    if parent.is_dir():
-        for p in parent.iterdir():
-            if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Finding and loading
-# --------------------------------------------------------------------------------------------
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The checkpoint folders of a run, oldest first (by step)."""
-    parent = Path(run_dir) / "checkpoints"
-    if not parent.is_dir():
-        return []
-    found = []
-    for p in parent.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder named by ``path``: a checkpoint folder itself, or the latest one of
-    a run folder (or of its ``checkpoints`` folder).
-
-    Raises ``FileNotFoundError`` when there is none.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such run or checkpoint folder: {str(p)!r}")
-    if (p / "state.json").is_file() or _NAME.match(p.name):
-        return p
-    run = p.parent if p.name == "checkpoints" else p
-    found = list_checkpoints(run)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {str(p)!r} (expected checkpoints/ckpt-*/)")
-    return found[-1]
+    return write_checkpoint_folder(run_dir, step, state, blobs, keep=keep)
 
 
 @dataclass
@@ -295,52 +153,8 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def diffusion(self) -> DiffusionConfig:
+    def diffusion(self) -> Diffusion:
         return self.config.diffusion
-
-
-def _corrupt(file: Path, why: str) -> ValueError:
-    return ValueError(f"checkpoint file {str(file)!r} is truncated or corrupted: {why}")
-
-
-def _read_verified(ckpt: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Read state.json and every file it lists, checking every hash; parse nothing else yet."""
-    state_file = ckpt / "state.json"
-    if not state_file.is_file():
-        raise ValueError(f"{str(ckpt)!r} is not a complete checkpoint: state.json is missing")
-    raw = state_file.read_bytes()
-    try:
-        state = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _corrupt(state_file, f"not valid JSON ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise _corrupt(state_file, f"not a {CHECKPOINT_FORMAT} state file")
-    if state.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{str(state_file)!r} has checkpoint format version {state.get('version')}; this "
-            f"refdiff reads version {FORMAT_VERSION}"
-        )
-    claimed = state.pop("state_sha256", None)
-    if claimed != _sha256(_canonical(state)):
-        raise _corrupt(state_file, "its content does not match its own sha256")
-    files = state.get("files")
-    if not isinstance(files, dict) or set(files) != set(_TENSOR_FILES):
-        raise _corrupt(state_file, f"it must list the files {list(_TENSOR_FILES)}")
-    blobs = {}
-    for name in _TENSOR_FILES:
-        f = ckpt / name
-        if not f.is_file():
-            raise ValueError(f"checkpoint {str(ckpt)!r} is incomplete: {name} is missing")
-        data = f.read_bytes()
-        digest = _sha256(data)
-        if digest != files[name]:
-            raise _corrupt(
-                f,
-                f"sha256 {digest[:16]}… ({len(data)} bytes) differs from the recorded "
-                f"{files[name][:16]}…",
-            )
-        blobs[name] = data
-    return state, blobs
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -349,8 +163,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     Every file's sha256 is checked before anything is parsed; a mismatch, a missing file or an
     unreadable state is a ``ValueError`` naming the file.
     """
-    ckpt = latest_checkpoint(path)
-    state, blobs = _read_verified(ckpt)
+    ckpt = find_checkpoint(path)
+    state, blobs = read_checkpoint_files(ckpt)
     try:
         tensors = {name: st_load(data) for name, data in blobs.items()}
     except SafetensorError as exc:  # hashes matched, so the writer wrote garbage
@@ -392,7 +206,7 @@ def check_same_config(saved: TrainConfig, current: TrainConfig, *, where: str) -
 
 def load_model(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[UNet, DiffusionConfig]:
+) -> tuple[UNet, Diffusion]:
     """The U-Net of a checkpoint (EMA weights by default), in eval mode, and its diffusion config.
 
     ``path`` is a run folder (its latest checkpoint is used) or a checkpoint folder.

@@ -31,7 +31,6 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = _CPU
     backend: str | None = None
 
@@ -96,14 +95,14 @@ def setup(device: str | torch.device | None = None) -> DistContext:
     else:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
     if world == 1:
-        return DistContext(0, 1, 0, dev, None)
+        return DistContext(0, 1, dev, None)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"backend": backend}
         if dev.type == "cuda":
             kwargs["device_id"] = dev
         dist.init_process_group(**kwargs)
-    return DistContext(rank, world, local, dev, backend)
+    return DistContext(rank, world, dev, backend)
 
 
 def teardown(ctx: DistContext) -> None:

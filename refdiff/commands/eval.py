@@ -9,14 +9,14 @@ is imported at module level: ``refdiff --help`` stays instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from refdiff._argtypes import non_negative_int, positive_int
+from .._deps import MissingDependency
+from ._argtypes import non_negative_int, positive_int
 
 __all__ = ["add_parser", "open_model", "read_samples", "run"]
 
@@ -137,38 +137,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
-#: Training images of the pilot run that sets the Monte-Carlo estimate's timestep distribution.
-PILOT_IMAGES = 16
+def _checkpoint_info(p: Path) -> dict[str, Any]:
+    """Find the checkpoint of a run or checkpoint folder, without importing torch, and say what
+    is there (the message of a folder without a checkpoint says how to finish it)."""
+    from ..runs.folder import RunFolder, checkpoint_step, find_checkpoint
 
-
-class _MissingDependency(Exception):
-    pass
-
-
-def _check_run_folder(p: Path) -> dict[str, Any]:
-    """Refuse a folder without a checkpoint, without importing torch; describe what is there."""
-    if (p / "state.json").is_file():
-        return {"checkpoint": str(p)}
-    run = p.parent if p.name == "checkpoints" else p
-    ckpts = sorted(
-        c for c in (run / "checkpoints").glob("ckpt-*") if c.is_dir() and c.name[5:].isdigit()
-    )
-    config = run / "config.json"
-    if not ckpts:
-        if config.is_file():
-            raise ValueError(
-                f"the run folder {str(run)!r} has no checkpoint yet: its training has not "
-                "finished (nor reached its first checkpoint). Finish or resume it with "
-                f"`refdiff train --out {run} --resume`, then evaluate it again"
-            )
+    try:
+        ckpt = find_checkpoint(p)
+    except FileNotFoundError:
         raise ValueError(
             f"{str(p)!r} is not a model: expected an .onnx file, a training run folder "
             "(config.json and checkpoints/ckpt-*/) or a checkpoint folder (state.json)"
-        )
-    info: dict[str, Any] = {"checkpoint": str(ckpts[-1]), "step": int(ckpts[-1].name[5:])}
+        ) from None
+    info: dict[str, Any] = {"checkpoint": str(ckpt)}
     try:
-        info["run_steps"] = int(json.loads(config.read_text(encoding="utf-8"))["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+        info["step"] = checkpoint_step(ckpt)
+        run = RunFolder(ckpt.parent.parent)
+        info["run_steps"] = run.read_config().steps
+    except (OSError, ValueError, TypeError):
         pass
     return info
 
@@ -218,21 +204,23 @@ def open_model(path: str, *, device: str = "cpu") -> tuple[Any, Any, dict[str, A
             from ..runtime import OnnxDenoiser
 
             den = OnnxDenoiser(p, device=device)
+        except MissingDependency:
+            raise
         except ImportError as exc:  # onnxruntime missing
-            raise _MissingDependency(
+            raise MissingDependency(
                 f"evaluating an ONNX model needs onnxruntime: pip install 'refdiff[onnx]' ({exc})"
             ) from exc
         return den, den.diffusion, {"kind": "onnx", "path": str(p), "device": den.device}
-    info = _check_run_folder(p)
+    info = _checkpoint_info(p)
     try:
         from ..training.checkpoint import load_model
     except ImportError as exc:
-        raise _MissingDependency(
+        raise MissingDependency(
             "evaluating a PyTorch checkpoint needs PyTorch: pip install 'refdiff[torch]'; or "
             f"export it (`refdiff export {path} --out model.onnx`) and evaluate the .onnx file "
             f"({exc})"
         ) from exc
-    model, diffusion = load_model(p, ema=True, device=device)
+    model, diffusion = load_model(info["checkpoint"], ema=True, device=device)
     info.update({"kind": "checkpoint", "path": str(p), "device": device, "weights": "ema"})
     return _torch_denoiser(model, device), diffusion, info
 
@@ -357,27 +345,10 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except _MissingDependency as exc:
-        print(f"refdiff eval: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..baseline import IndependentPixelModel
+    from .._io import write_json
     from ..data import load_dataset
-    from .metrics import (
-        bits_per_dim,
-        digits_sample_quality,
-        importance_timestep_probs,
-        memorisation_report,
-        to_jsonable,
-    )
+    from ..evaluation import evaluate
 
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if args.no_full and args.mc_draws == 0:
         raise ValueError("nothing to evaluate: --no-full together with --mc-draws 0")
@@ -391,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
             "evaluating its latest checkpoint",
             file=sys.stderr,
         )
-    seconds["load_model"] = time.perf_counter() - t0
+    load_model = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     data = load_dataset(args.data, split=args.split)
@@ -404,7 +375,7 @@ def _run(args: argparse.Namespace) -> int:
     images = data.images if args.n_images == 0 else data.images[: args.n_images]
     # The baseline, the classifier's floor and the memorisation check use the training split.
     train = data if args.split == "train" else load_dataset(args.data, split="train")
-    samples = None
+    samples = reference = None
     if args.samples is not None:
         samples = read_samples(args.samples)
         if tuple(samples.shape[1:]) != tuple(data.shape):
@@ -412,48 +383,34 @@ def _run(args: argparse.Namespace) -> int:
                 f"the samples in {args.samples!r} have shape (C, H, W) = "
                 f"{tuple(samples.shape[1:])}, the data {args.data!r} {tuple(data.shape)}"
             )
-    seconds["load_data"] = time.perf_counter() - t1
-
-    t1 = time.perf_counter()
-    probs = None
-    if args.mc_draws and args.mc_timesteps == "importance":
-        # Pilot on training images, not the evaluated ones: p(t) stays independent of them.
-        probs = importance_timestep_probs(
-            denoiser, diffusion, train.images[:PILOT_IMAGES], seed=args.seed + 1
-        )
-        seconds["mc_pilot"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    bpd = bits_per_dim(
-        denoiser,
-        diffusion,
-        images,
-        full=not args.no_full,
-        num_draws=args.mc_draws,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-        timestep_probs=probs,
-    )
-    seconds["bits_per_dim"] = time.perf_counter() - t1
-    base = IndependentPixelModel().fit(train.images).bits_per_dim(images)
-
-    quality = None
-    if samples is not None:
-        t1 = time.perf_counter()
         if args.data == "digits":
-            test = data if args.split == "test" else load_dataset("digits", split="test")
-            quality = digits_sample_quality(samples, train=train.images, test=test.images)
-        elif args.split == "test":
-            # The Fréchet distance needs the digits classifier; memorisation works on any images.
-            quality = memorisation_report(samples, train=train.images, heldout=images)
-        else:
+            reference = data if args.split == "test" else load_dataset("digits", split="test")
+        elif args.split != "test":
+            # The memorisation check needs held-out images, which the training split is not.
             print(
                 "note: sample quality needs held-out images (--split test); skipped",
                 file=sys.stderr,
             )
-        seconds["sample_quality"] = time.perf_counter() - t1
+            samples = None
+    load_data = time.perf_counter() - t1
 
-    report: dict[str, Any] = {
+    report = evaluate(
+        denoiser,
+        diffusion,
+        images,
+        train_uint8=train.images,
+        samples_uint8=samples,
+        reference_uint8=None if reference is None else reference.images,
+        digits=args.data == "digits",
+        full=not args.no_full,
+        num_draws=args.mc_draws,
+        mc_timesteps=args.mc_timesteps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    seconds = {"load_model": load_model, "load_data": load_data, **report.pop("seconds")}
+    report = {
         "model": model_info,
         "diffusion": diffusion.to_dict(),
         "data": {
@@ -463,18 +420,13 @@ def _run(args: argparse.Namespace) -> int:
             "num_images": int(images.shape[0]),
             "image_shape": list(data.shape),
         },
-        "bits_per_dim": bpd,
-        "baseline": {
-            "name": "independent pixels (discretized Gaussian per position, fitted on train)",
-            "bpd": float(base.mean()),
-            "bpd_stderr": float(base.std(ddof=1) / np.sqrt(base.size)) if base.size > 1 else None,
-        },
+        **report,
         "samples": None
         if samples is None
         else {"path": str(args.samples), "num_samples": int(samples.shape[0])},
-        "sample_quality": quality,
         "seconds": seconds,
     }
+    bpd = report["bits_per_dim"]
     if args.plot_terms is not None:
         from ..plots import plot_bound_terms
 
@@ -486,7 +438,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(to_jsonable(report), indent=1) + "\n", encoding="utf-8")
+        write_json(out, report)
         print(f"\nwrote {out}")
     if args.plot_terms is not None:
         print(f"wrote {report['plot_terms']}")

@@ -134,7 +134,7 @@ def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .onnx_export import ParityError, export_onnx, verify_onnx
+    from ..export import ParityError, export_onnx, verify_onnx
 
     out = Path(args.out)
     if out.is_dir():
@@ -164,7 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from .onnx_export import ParityError, verify_onnx
+    from ..export import ParityError, verify_onnx
 
     model_path = Path(args.model)
     if not model_path.exists():

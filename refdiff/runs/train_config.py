@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DiffusionConfig
-from ..losses import LossType
-from ..nn.unet import PRESETS, UNetConfig, preset
-from ..reverse import Variance, _enum
-from ..timesteps import TIMESTEP_SAMPLERS
+from .._enums import LossType, Variance
+from ..samplers import SAMPLERS
+from ..settings import Diffusion
+from ..timestep_sampling import TIMESTEP_SAMPLERS
+from .unet_config import PRESETS, UNetConfig, preset
 
 __all__ = [
     "RECIPES",
@@ -58,7 +58,6 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "adamw")
 EVAL_METHODS = ("full", "mc")
-SAMPLERS = ("ddpm", "ddim")
 
 #: Keys that may change when a run is resumed: they decide how long to train and what to report,
 #: not what is trained. Every other key must equal the checkpoint's.
@@ -141,7 +140,7 @@ class TrainConfig:
     Model
     -----
     unet : UNetConfig
-    diffusion : DiffusionConfig
+    diffusion : Diffusion
         Its ``image_shape`` must be ``(unet.in_channels, unet.image_size, unet.image_size)`` and
         a learned variance needs ``unet.learn_sigma``; :meth:`from_dict` derives both by default.
 
@@ -195,10 +194,8 @@ class TrainConfig:
     holdout_fraction: float = 0.05
     flip: bool = False
     unet: UNetConfig = field(default_factory=lambda: preset("tiny"))
-    diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(image_shape=(1, 8, 8))
-    )
-    loss: str = "simple"
+    diffusion: Diffusion = field(default_factory=lambda: Diffusion(image_shape=(1, 8, 8)))
+    loss: LossType = LossType.SIMPLE
     timestep_sampler: str = "uniform"
     optimizer: str = "adam"
     lr: float = 2e-4
@@ -230,17 +227,14 @@ class TrainConfig:
             raise ValueError(f"data must be a non-empty string, got {self.data!r}")
         if not isinstance(self.unet, UNetConfig):
             raise TypeError(f"unet must be a UNetConfig, got {type(self.unet).__name__}")
-        if not isinstance(self.diffusion, DiffusionConfig):
-            raise TypeError(
-                f"diffusion must be a DiffusionConfig, got {type(self.diffusion).__name__}"
-            )
-        set_ = object.__setattr__
-        set_(self, "loss", _enum(LossType, self.loss).value)
+        if not isinstance(self.diffusion, Diffusion):
+            raise TypeError(f"diffusion must be a Diffusion, got {type(self.diffusion).__name__}")
+        object.__setattr__(self, "loss", LossType.parse(self.loss))
         for name, choices in (
             ("timestep_sampler", tuple(TIMESTEP_SAMPLERS)),
             ("optimizer", OPTIMIZERS),
             ("eval_method", EVAL_METHODS),
-            ("sampler", SAMPLERS),
+            ("sampler", tuple(SAMPLERS)),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -286,7 +280,7 @@ class TrainConfig:
                 f"image_size={self.image_size} (the data) differs from the U-Net's image_size="
                 f"{self.unet.image_size}; set both to the same value"
             )
-        T = self.diffusion.build_schedule().num_timesteps
+        T = self.diffusion.num_timesteps
         if self.sample_steps is not None and (
             not _is_int(self.sample_steps) or not 1 <= self.sample_steps <= T
         ):
@@ -302,13 +296,13 @@ class TrainConfig:
             )
         if d.out_channels != u.out_channels:
             raise ValueError(
-                f"variance {d.variance!r} needs {d.out_channels} output channels but the U-Net "
-                f"has learn_sigma={u.learn_sigma} ({u.out_channels} outputs); set "
-                f"unet.learn_sigma = {Variance(d.variance).learned}"
+                f"variance {d.variance.value!r} needs {d.out_channels} output channels but the "
+                f"U-Net has learn_sigma={u.learn_sigma} ({u.out_channels} outputs); set "
+                f"unet.learn_sigma = {d.variance.learned}"
             )
-        if Variance(d.variance).learned and self.loss == LossType.SIMPLE.value:
+        if d.variance.learned and self.loss is LossType.SIMPLE:
             raise ValueError(
-                f"a {d.variance!r} variance is only trained by the 'hybrid' or 'vlb' loss, "
+                f"a {d.variance.value!r} variance is only trained by the 'hybrid' or 'vlb' loss, "
                 "not 'simple'"
             )
 
@@ -325,10 +319,10 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "unet":
+            if f.name in ("unet", "diffusion"):
                 v = v.to_dict()
-            elif f.name == "diffusion":
-                v = v.to_dict()
+            elif f.name == "loss":
+                v = v.value
             out[f.name] = v
         return out
 
@@ -352,8 +346,7 @@ class TrainConfig:
         kw = {k: v for k, v in d.items() if k not in ("unet", "diffusion")}
         unet_d = dict(_section(d, "unet"))
         diff_d = dict(_section(d, "diffusion"))
-        variance = diff_d.get("variance", DiffusionConfig.variance)
-        learned = _enum(Variance, variance).learned
+        learned = Variance.parse(diff_d.get("variance", Variance.FIXED_SMALL)).learned
         name = unet_d.pop("preset", None)
         unet_d.setdefault("learn_sigma", learned)
         if name is not None or not _full_unet(unet_d):
@@ -366,7 +359,7 @@ class TrainConfig:
                 sched = dict(diff_d[key])
                 sched.setdefault("params", {})
                 diff_d[key] = sched
-        diffusion = DiffusionConfig.from_dict(diff_d)
+        diffusion = Diffusion.from_dict(diff_d)
         if "grad_clip" in kw and kw["grad_clip"] == 0:
             kw["grad_clip"] = None
         return cls(unet=unet, diffusion=diffusion, **kw)

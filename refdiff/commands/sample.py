@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from refdiff._argtypes import non_negative_int, positive_int
+from ._argtypes import non_negative_int, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -32,7 +32,7 @@ change nothing but the speed (and float rounding between CPU and GPU).
 
 
 def _shard(text: str) -> tuple[int, int]:
-    from .sampling import parse_shard
+    from ..runtime.sampling import parse_shard
 
     try:
         return parse_shard(text)  # type: ignore[return-value]
@@ -106,15 +106,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .sampling import check_output_path, sample_images, save_samples, shard_range
-    from .session import OnnxDenoiser
+    from ..runtime import OnnxDenoiser
+    from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
 
     if args.sampler != "ddim" and args.eta != 0:
         raise ValueError(f"--eta applies to --sampler ddim only, got --eta {args.eta} with ddpm")
     start, stop = shard_range(args.n, args.shard)  # checks n against the shard count
     png, npz = check_output_path(args.out)  # before the (long) sampling, not after
     denoiser = OnnxDenoiser(args.model, device=args.device)
-    T = denoiser.schedule.num_timesteps
+    T = denoiser.diffusion.num_timesteps
     steps = args.steps if args.steps is not None else T
     if steps > T:
         raise ValueError(f"--steps {steps} is more than the model's T = {T} steps (choose 1..{T})")

@@ -143,8 +143,8 @@ def run_demo(
 
     from refdiff.export import export_onnx, verify_onnx
     from refdiff.plots import plot_loss, plot_schedule
+    from refdiff.runs.train_config import resolve_config
     from refdiff.training.checkpoint import load_model
-    from refdiff.training.config import resolve_config
     from refdiff.training.trainer import Trainer
 
     if threads:
@@ -161,8 +161,7 @@ def run_demo(
     report["config"] = config.to_dict()
 
     with stages("schedule"):
-        schedule = diffusion.build_schedule()
-        plot_schedule(schedule, out / "schedule.png")
+        plot_schedule(diffusion.schedule, out / "schedule.png")
 
     with stages(f"train the tiny U-Net on the digits ({config.steps} steps, PyTorch CPU)"):
         trainer = Trainer(config, out / "train", progress=progress)
@@ -205,7 +204,7 @@ def run_demo(
         )
         code = (
             _BLOCK_TORCH
-            + f"from refdiff.demo import torch_free_stage\ntorch_free_stage({args!r})\n"
+            + f"from refdiff.commands.demo import torch_free_stage\ntorch_free_stage({args!r})\n"
         )
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -224,7 +223,7 @@ def run_demo(
                 "simple": "MSE of the prediction",
                 "vlb": "T · L_t, bits/dim",
                 "hybrid": "MSE + λ T · L_t",
-            }.get(config.loss, config.loss)
+            }[config.loss.value]
             plot_loss(list(s_), list(l_), out / "loss.png", ylabel=f"training loss ({loss_name})")
         _plot_terms(out)
 
@@ -259,10 +258,9 @@ def torch_free_stage(args_json: str) -> None:
     """Sample and evaluate with the ONNX model; runs in a process where torch cannot be imported."""
     import numpy as np
 
-    import refdiff as rd
-    from refdiff.baseline import IndependentPixelModel
+    from refdiff._io import atomic_path, write_json, write_npz
     from refdiff.data import load_digits
-    from refdiff.evaluation.metrics import bits_per_dim, digits_sample_quality, to_jsonable
+    from refdiff.evaluation import evaluate
     from refdiff.images import save_strip
     from refdiff.runtime import OnnxDenoiser
     from refdiff.runtime.sampling import sample_images, save_samples
@@ -281,18 +279,18 @@ def torch_free_stage(args_json: str) -> None:
     )
     res["sampling"] = {
         "sampler": "ddpm",
-        "steps": den.schedule.num_timesteps,
+        "steps": diffusion.num_timesteps,
         "n": int(images.shape[0]),
         "seconds": round(time.perf_counter() - ts, 2),
     }
     shown = min(64, images.shape[0])
     save_samples(images[:shown], out / "samples.png", indices=np.arange(shown), seed=a["seed"])
-    np.savez(
+    write_npz(
         out / "samples_all.npz", images=images, indices=np.arange(images.shape[0]), seed=a["seed"]
     )
 
     # one sample's trajectory: x_t at 10 evenly spaced steps, then the final image
-    T = den.schedule.num_timesteps
+    T = diffusion.num_timesteps
     keep = set(np.linspace(0, T - 1, 10).round().astype(int).tolist())
     frames: list[np.ndarray] = []
 
@@ -300,37 +298,36 @@ def torch_free_stage(args_json: str) -> None:
         if i in keep:
             frames.append(np.clip(x[0], -1, 1))
 
-    rd.ddpm_sample(
-        den.schedule,
-        den,
-        (1, *diffusion.image_shape),
-        seed=a["seed"],
-        callback=grab,
-        dtype=np.float32,
-        clip_denoised=diffusion.clip_denoised,
-        prediction=diffusion.prediction,
-        variance=diffusion.variance,
-        data_range=diffusion.data_range,
-    )
+    diffusion.sample(den, 1, seed=a["seed"], callback=grab, dtype=np.float32)
     strip = np.stack(frames)
     save_strip(np.round((strip + 1) * 127.5).astype(np.uint8), out / "trajectory.png", scale=8)
 
-    # held-out bits/dim through the core's bound, and the per-pixel baseline on the same images
+    # held-out bits/dim through the core's bound, the per-pixel baseline on the same images, and
+    # the sample quality in a digits classifier's feature space, with its floor and ceiling
     train, test = load_digits("train").images, load_digits("test").images
-    heldout = test[: a["eval_images"]]
-    bpd = bits_per_dim(
-        den, diffusion, heldout, full=True, num_draws=16, seed=a["seed"], progress=a["progress"]
+    report = evaluate(
+        den,
+        diffusion,
+        test[: a["eval_images"]],
+        train_uint8=train,
+        samples_uint8=images,
+        reference_uint8=test,
+        digits=True,
+        full=True,
+        num_draws=16,
+        mc_timesteps="uniform",
+        seed=a["seed"],
+        progress=a["progress"],
     )
-    np.save(out / "bound_terms.npy", np.asarray(bpd["terms_bpd"]))
+    bpd = report["bits_per_dim"]
+    with atomic_path(out / "bound_terms.npy", suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(bpd["terms_bpd"]))
     res["bits_per_dim"] = {k: v for k, v in bpd.items() if k != "terms_bpd"}
-    baseline = IndependentPixelModel().fit(train)
-    res["baseline_bits_per_dim"] = float(np.mean(baseline.bits_per_dim(heldout)))
-
-    # sample quality in a digits classifier's feature space, with its floor and ceiling
-    res["sample_quality"] = digits_sample_quality(images, train=train, test=test)
+    res["baseline_bits_per_dim"] = report["baseline"]["bpd"]
+    res["sample_quality"] = report["sample_quality"]
     res["torch_imported"] = "torch" in sys.modules
     res["seconds"] = round(time.perf_counter() - t0, 2)
-    (out / "eval.json").write_text(json.dumps(to_jsonable(res), indent=1))
+    write_json(out / "eval.json", res)
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -338,9 +335,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    from refdiff.evaluation.metrics import to_jsonable
+    from refdiff._io import write_json, write_text
 
-    (out / "report.json").write_text(json.dumps(to_jsonable(report), indent=1))
+    write_json(out / "report.json", report)
     tf = report["torch_free"]
     b = tf["bits_per_dim"]
     q = tf["sample_quality"]
@@ -403,4 +400,4 @@ def _write_report(out: Path, report: dict[str, Any]) -> None:
         "![schedule](schedule.png) ![loss](loss.png) ![bound terms](bound_terms.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))

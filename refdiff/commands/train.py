@@ -342,8 +342,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``refdiff train`` (returns the exit status)."""
     import torch
 
-    from .config import resolve_config
-    from .trainer import Trainer
+    from ..runs.train_config import resolve_config
+    from ..training.trainer import Trainer
 
     out = Path(args.out)
     base: Any = getattr(args, "config", None)

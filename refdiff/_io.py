@@ -1,0 +1,176 @@
+"""Writing files whole or not at all, and one-line messages for the errors of doing so.
+
+Every file refdiff writes (sample grids and arrays, reports, plots, ONNX models, checkpoints) goes
+through :func:`atomic_path` (or the helpers built on it): the content is written to a temporary
+name in the destination's own folder, flushed and fsync'ed, then renamed over the destination, and
+the folder is fsync'ed. A crash, a ``kill -9`` or a full disk at any moment leaves either the old
+file (or none) or the complete new one, never a truncated file under the final name; the
+temporary file is removed on any error the process lives through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "OutputError",
+    "atomic_path",
+    "check_writable_folder",
+    "current_umask",
+    "describe_os_error",
+    "fsync_dir",
+    "make_dir",
+    "to_jsonable",
+    "write_bytes",
+    "write_json",
+    "write_npz",
+    "write_text",
+]
+
+#: Prefix of refdiff's temporary files and folders (hidden, and recognisable as leftovers).
+TMP_PREFIX = ".refdiff-tmp-"
+
+
+class OutputError(OSError):
+    """A file or folder could not be written; the message names the path and the cause."""
+
+
+def describe_os_error(exc: OSError, path: str | os.PathLike[str], action: str = "write") -> str:
+    """``cannot write '<path>': No space left on device`` (one line, the cause in words)."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"cannot {action} {str(path)!r}: {cause}"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a folder, so that a rename inside it survives a power loss (no-op where a folder
+    cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` and its parents (permissions by the umask); an ``OutputError`` names it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(
+            f"cannot create the folder {str(p)!r}: a file of that name exists"
+        ) from None
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, p, "create the folder")) from None
+    return p
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise ``OutputError`` unless a file can be created in ``folder`` (which must exist).
+
+    Probes with a temporary file: permission bits alone do not tell (root, read-only mounts).
+    """
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX):
+            pass
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder, "write into the folder")) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an error, the file
+    written there is fsync'ed and renamed to ``path`` (replacing it), and the folder fsync'ed.
+
+    The folder must exist. The temporary file gets the permissions a new file would get (the
+    umask), keeps ``suffix`` (for writers that look at the extension: ``.png``, ``.npz``), and is
+    removed if the block raises. An ``OSError`` in the block, the sync or the rename (a full
+    disk, a read-only folder) becomes an :class:`OutputError` naming ``path`` and the cause.
+    """
+    final = Path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=TMP_PREFIX + final.name + ".", suffix=suffix, dir=final.parent
+        )
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, final)) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, final)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    final = Path(path)
+    with atomic_path(final) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return final
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
+    """Write NumPy arrays as an uncompressed ``.npz`` archive at ``path``, atomically."""
+    final = Path(path)
+    with atomic_path(final, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return final
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> Path:
+    """Write ``obj`` (through :func:`to_jsonable`) as JSON with a final newline to ``path``,
+    atomically."""
+    return write_text(path, json.dumps(to_jsonable(obj), indent=indent) + "\n")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy arrays and scalars turned into lists and Python numbers (for JSON);
+    non-finite floats become None (JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,132 @@
+"""Images stored in NumPy ``.npz`` archives (read without pickles)."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from .dataset import ImageDataset, existing_path
+
+__all__ = ["load_npz"]
+
+
+def _to_nchw(array: np.ndarray, layout: str) -> np.ndarray:
+    if layout not in ("auto", "NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+    if array.ndim == 3:
+        return array[:, None, :, :]
+    if array.ndim != 4:
+        raise ValueError(
+            f"images must have shape [N, H, W], [N, C, H, W] or [N, H, W, C], got {array.shape}"
+        )
+    if layout == "auto":
+        channel_like = (1, 3, 4)
+        nhwc = array.shape[3] in channel_like and array.shape[1] not in channel_like
+        layout = "NHWC" if nhwc else "NCHW"
+    return array.transpose(0, 3, 1, 2) if layout == "NHWC" else array
+
+
+def _quantize(array: np.ndarray, value_range: Sequence[float] | None) -> np.ndarray:
+    """Map values in ``value_range`` linearly onto 0..255 and round to ``uint8``."""
+    if array.dtype == np.uint8 and value_range is None:
+        return array
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise ValueError(f"images must have an integer or float dtype, got {array.dtype}")
+    if value_range is None:
+        value_range = (0.0, 255.0) if np.issubdtype(array.dtype, np.integer) else (-1.0, 1.0)
+    if len(value_range) != 2:
+        raise ValueError(f"value_range must be a pair (lo, hi), got {value_range!r}")
+    lo, hi = (float(v) for v in value_range)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be finite with lo < hi, got {value_range!r}")
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"images contain {np.count_nonzero(~np.isfinite(values))} non-finite values"
+        )
+    found_lo, found_hi = values.min(), values.max()
+    if found_lo < lo or found_hi > hi:
+        raise ValueError(
+            f"image values span [{found_lo:g}, {found_hi:g}], outside value_range "
+            f"[{lo:g}, {hi:g}]; pass the range the data was stored in"
+        )
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    key: str | None = None,
+    layout: str = "auto",
+    value_range: Sequence[float] | None = None,
+) -> ImageDataset:
+    """Images stored in a NumPy ``.npz`` archive.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file. It is read with ``allow_pickle=False``.
+    key : str, optional
+        The array holding the images. If None: ``"images"`` if present, else the only array.
+    layout : {"auto", "NCHW", "NHWC"}
+        Layout of a 4-D array. ``"auto"`` reads it as NHWC when the last dimension is 1, 3 or 4
+        and dimension 1 is not, else as NCHW. A 3-D array ``[N, H, W]`` is one channel.
+    value_range : (float, float), optional
+        The interval ``[lo, hi]`` the stored values lie in; it is mapped linearly onto 0..255 and
+        rounded. Default: ``(0, 255)`` for integer dtypes (so ``uint8`` is taken as it is) and
+        ``(-1, 1)`` for floating dtypes.
+
+    Returns
+    -------
+    ImageDataset
+        Images ``[N, C, H, W]``; labels from the key ``"labels"`` when the archive has it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the key is missing or ambiguous (the message lists the keys), the shape or layout is
+        not one of the above, a value is not finite or lies outside ``value_range`` (the message
+        gives the minimum and maximum found), or the labels do not match the images.
+    """
+    file = existing_path(path)
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {str(file)!r} as a .npz archive: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{str(file)!r} holds a single .npy array, not a .npz archive")
+    with archive:
+        keys = list(archive.files)
+        if key is None:
+            if "images" in keys:
+                key = "images"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise ValueError(
+                    f"{str(file)!r} holds {len(keys)} arrays {keys} and none is named 'images'; "
+                    "pass key="
+                )
+        elif key not in keys:
+            raise ValueError(f"{str(file)!r} has no array {key!r}; available keys: {keys}")
+        array = archive[key]
+        labels = archive["labels"] if "labels" in keys and key != "labels" else None
+
+    images = np.ascontiguousarray(_quantize(_to_nchw(array, layout), value_range))
+    if len(images) == 0:
+        raise ValueError(f"{str(file)!r}: array {key!r} holds no images")
+    if labels is not None:
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"{str(file)!r}: 'labels' must be integers of shape ({len(images)},), got "
+                f"{labels.dtype} {labels.shape}"
+            )
+        labels = labels.astype(np.int64)
+    return ImageDataset(images, labels, f"npz:{file.name}")

@@ -1,0 +1,313 @@
+"""Likelihood: held-out bits/dim of a diffusion model through the core's variational bound.
+
+:func:`bits_per_dim` gives the full pass over all T steps (:meth:`refdiff.Diffusion.bound`) and
+the unbiased Monte-Carlo estimate (:meth:`refdiff.Diffusion.bound_mc`) with its standard error,
+plus the mean per-timestep terms (where in t the bits are spent); :func:`importance_timestep_probs`
+sets the estimate's timestep distribution from a pilot run.
+
+A denoiser is any callable ``(x_t, t) -> model_output`` (the ONNX runtime's
+:class:`~refdiff.runtime.OnnxDenoiser`, or a PyTorch model on torch tensors). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._deps import require
+from ..data import check_uint8_images, to_model_range
+from ..settings import Diffusion
+from ._arrays import mean_and_stderr, to_numpy
+
+__all__ = ["BoundParts", "bits_per_dim", "bound_parts", "importance_timestep_probs"]
+
+
+def bits_per_dim(
+    denoiser: Callable[[Any, Any], Any],
+    diffusion: Diffusion,
+    images_uint8: np.ndarray,
+    **options: Any,
+) -> dict[str, Any]:
+    """Bits/dim of 8-bit images under a diffusion model, through the core's variational bound.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``, with ``t`` the timestep indices
+        of the model's own schedule (``diffusion.schedule``).
+    diffusion : Diffusion
+        The model's settings: schedule, prediction, variance, decoder, clipping, image shape.
+    images_uint8 : numpy.ndarray
+        ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
+    **options
+        Keyword arguments of :func:`bound_parts`, as follows.
+    full : bool
+        Compute the full bound (all T terms per image: T denoiser calls per batch).
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
+    batch_size : int
+        Images per denoiser call.
+    seed : int
+        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
+        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
+    progress : bool
+        Show a tqdm progress bar (on stderr).
+    timestep_probs : array_like [T], optional
+        Importance distribution of the Monte-Carlo estimate's timesteps (positive, summing to 1;
+        see :func:`importance_timestep_probs`); default uniform. Either way it is unbiased.
+    indices : array_like of int [N], optional
+        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
+        A process evaluating a shard of a larger set passes its images' indices.
+    dtype : floating dtype
+        The dtype of the data given to the bound (float32, as the models are trained).
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
+        denoiser has one (the ONNX runtime does), else NumPy.
+
+    Returns
+    -------
+    dict
+        ``bpd_full`` (mean over images) and ``bpd_full_stderr`` (its standard error over the
+        images), ``prior_bpd`` (L_T), ``terms_bpd`` (float64 [T]: the mean of each L_t in bits/dim,
+        index t as in the code, so ``terms_bpd[0]`` is the decoder term L_0) and ``x0_mse``
+        ([T]); ``bpd_mc`` and ``bpd_mc_stderr`` (the Monte-Carlo noise of that estimate:
+        sqrt(Σ_i se_i²) / N, how far it may be from the full bound on these images); ``None``
+        for parts not computed. Also ``num_images``, ``num_draws``, ``T`` and the seconds each
+        part took.
+    """
+    return bound_parts(denoiser, diffusion, images_uint8, **options).summary()
+
+
+@dataclass
+class BoundParts:
+    """The bound's pieces per image (float64 NumPy), before they are averaged: the full bound
+    ``total`` [N] and ``prior`` [N] with the per-timestep sums ``terms_sum`` and ``mse_sum`` [T]
+    (None without the full pass), the Monte-Carlo ``mc_estimate`` [N] and its variance
+    ``mc_var`` [N] (None without draws). Shards of one evaluation are joined with :meth:`join`."""
+
+    T: int
+    seed: int
+    num_draws: int
+    mc_timesteps: str
+    total: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    terms_sum: np.ndarray | None = None
+    mse_sum: np.ndarray | None = None
+    mc_estimate: np.ndarray | None = None
+    mc_var: np.ndarray | None = None
+    seconds_full: float | None = None
+    seconds_mc: float | None = None
+
+    @property
+    def num_images(self) -> int:
+        arr = self.total if self.total is not None else self.mc_estimate
+        return 0 if arr is None else int(arr.shape[0])
+
+    def join(self, gather: Callable[[np.ndarray], np.ndarray]) -> BoundParts:
+        """The parts of the whole evaluation, from this process's: ``gather`` concatenates an
+        array of every process in rank order (the identity in one process)."""
+
+        def per_image(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else gather(a)
+
+        def per_step(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else gather(a).reshape(-1, self.T).sum(axis=0)
+
+        return dataclasses.replace(
+            self,
+            total=per_image(self.total),
+            prior=per_image(self.prior),
+            terms_sum=per_step(self.terms_sum),
+            mse_sum=per_step(self.mse_sum),
+            mc_estimate=per_image(self.mc_estimate),
+            mc_var=per_image(self.mc_var),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The averages over the images: see :func:`bits_per_dim`."""
+        n = self.num_images
+        result: dict[str, Any] = {
+            "num_images": n,
+            "T": self.T,
+            "seed": self.seed,
+            "num_draws": self.num_draws,
+            "mc_timesteps": self.mc_timesteps,
+            "bpd_full": None,
+            "bpd_full_stderr": None,
+            "prior_bpd": None,
+            "terms_bpd": None,
+            "x0_mse": None,
+            "bpd_mc": None,
+            "bpd_mc_stderr": None,
+            "seconds_full": self.seconds_full,
+            "seconds_mc": self.seconds_mc,
+        }
+        if self.total is not None:
+            result["bpd_full"], result["bpd_full_stderr"] = mean_and_stderr(self.total)
+            result["prior_bpd"] = float(self.prior.mean())
+            result["terms_bpd"] = self.terms_sum / n
+            result["x0_mse"] = self.mse_sum / n
+        if self.mc_estimate is not None:
+            result["bpd_mc"] = float(self.mc_estimate.mean())
+            result["bpd_mc_stderr"] = float(math.sqrt(self.mc_var.sum()) / n)
+        return result
+
+
+def bound_parts(
+    denoiser: Callable[[Any, Any], Any],
+    diffusion: Diffusion,
+    images_uint8: np.ndarray,
+    *,
+    full: bool = True,
+    num_draws: int = 16,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    timestep_probs: np.ndarray | None = None,
+    indices: Any = None,
+    dtype: Any = np.float32,
+    xp: Any = None,
+    device: Any = None,
+) -> BoundParts:
+    """The per-image pieces of :func:`bits_per_dim` (same arguments), not yet averaged."""
+    images = check_uint8_images(images_uint8, "images")
+    shape = tuple(diffusion.image_shape)
+    if tuple(images.shape[1:]) != shape:
+        raise ValueError(
+            f"the model takes images of shape (C, H, W) = {shape}, but the images have shape "
+            f"{tuple(images.shape[1:])}"
+        )
+    n = images.shape[0]
+    if n < 1:
+        raise ValueError("need at least one image")
+    if (
+        isinstance(num_draws, bool)
+        or not isinstance(num_draws, int)
+        or num_draws == 1
+        or num_draws < 0
+    ):
+        raise ValueError(f"num_draws must be 0 (skip) or an int >= 2, got {num_draws!r}")
+    if not full and num_draws == 0:
+        raise ValueError("nothing to compute: full=False and num_draws=0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    index = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices)
+    if index.shape != (n,) or index.dtype.kind not in "iu":
+        raise ValueError(
+            f"indices must be {n} integers, one per image, got {index.dtype} {index.shape}"
+        )
+    if xp is None:
+        xp = getattr(denoiser, "xp", None)
+    if xp is None:
+        import array_api_compat.numpy as xp
+    tqdm = require("tqdm", "eval", "progress bars").tqdm
+
+    T = diffusion.num_timesteps
+    x_all = to_model_range(images, dtype)
+    starts = range(0, n, batch_size)
+    total = len(starts) * ((T if full else 0) + (1 if num_draws else 0))
+    bar = tqdm(total=total, desc="bits/dim", unit="call", disable=not progress, leave=False)
+
+    def arr(a: np.ndarray) -> Any:
+        return xp.asarray(a) if device is None else xp.asarray(a, device=device)
+
+    def batches():
+        for i in starts:
+            x = arr(x_all[i : i + batch_size])
+            yield x, arr(index[i : i + x.shape[0]].astype(np.int64))
+
+    parts = BoundParts(
+        T=T,
+        seed=seed,
+        num_draws=num_draws,
+        mc_timesteps="uniform" if timestep_probs is None else "importance",
+    )
+    try:
+        if full:
+            t0 = time.perf_counter()
+            totals, priors = [], []
+            terms_sum, mse_sum = np.zeros(T), np.zeros(T)
+            for x, idx in batches():
+                res = diffusion.bound(
+                    denoiser, x, seed=seed, sample_indices=idx, progress=lambda *_: bar.update(1)
+                )
+                totals.append(to_numpy(res.total_bpd).astype(np.float64))
+                priors.append(to_numpy(res.prior_bpd).astype(np.float64))
+                terms_sum += to_numpy(res.terms_bpd).astype(np.float64).sum(axis=0)
+                mse_sum += to_numpy(res.x0_mse).astype(np.float64).sum(axis=0)
+            parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
+            parts.terms_sum, parts.mse_sum = terms_sum, mse_sum
+            parts.seconds_full = time.perf_counter() - t0
+        if num_draws:
+            t0 = time.perf_counter()
+            est, var = [], []
+            for x, idx in batches():
+                mc = diffusion.bound_mc(
+                    denoiser,
+                    x,
+                    num_draws=num_draws,
+                    timestep_probs=timestep_probs,
+                    seed=seed,
+                    sample_indices=idx,
+                )
+                est.append(to_numpy(mc.estimate_bpd).astype(np.float64))
+                var.append(to_numpy(mc.stderr_bpd).astype(np.float64) ** 2)
+                bar.update(1)
+            parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
+            parts.seconds_mc = time.perf_counter() - t0
+    finally:
+        bar.close()
+    return parts
+
+
+def importance_timestep_probs(
+    denoiser: Callable[[Any, Any], Any],
+    diffusion: Diffusion,
+    pilot_uint8: np.ndarray,
+    *,
+    uniform_share: float = 0.1,
+    seed: int = 1,
+    dtype: Any = np.float32,
+    xp: Any = None,
+    device: Any = None,
+) -> np.ndarray:
+    """A timestep distribution for the Monte-Carlo bound, from a pilot run of the full bound.
+
+    The variance of L_t / p(t) is smallest for p(t) ∝ √E[L_t²] (the rule of improved DDPM's
+    loss-second-moment sampler). The second moments are measured on a few pilot images, which
+    should not be the images evaluated (training images, say), so that p stays independent of
+    them and the estimate unbiased; a ``uniform_share`` of uniform probability is mixed in so that
+    no timestep is starved. Costs T denoiser calls on the pilot batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [T], positive, summing to 1: ``timestep_probs`` of :func:`bits_per_dim`.
+    """
+    pilot = check_uint8_images(pilot_uint8, "pilot images")
+    if tuple(pilot.shape[1:]) != tuple(diffusion.image_shape) or pilot.shape[0] < 1:
+        raise ValueError(
+            f"need at least one pilot image of shape {tuple(diffusion.image_shape)}, got "
+            f"{tuple(pilot.shape)}"
+        )
+    if not 0.0 < float(uniform_share) <= 1.0:
+        raise ValueError(f"uniform_share must lie in (0, 1], got {uniform_share!r}")
+    if xp is None:
+        xp = getattr(denoiser, "xp", None)
+    if xp is None:
+        import array_api_compat.numpy as xp
+    x = to_model_range(pilot, dtype)
+    x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
+    res = diffusion.bound(denoiser, x, seed=seed)
+    terms = to_numpy(res.terms_bpd).astype(np.float64)  # [B, T]
+    rms = np.sqrt(np.mean(np.clip(terms, 0.0, None) ** 2, axis=0))
+    T = rms.shape[0]
+    shaped = rms / rms.sum() if rms.sum() > 0 else np.full(T, 1.0 / T)
+    probs = (1.0 - uniform_share) * shaped + uniform_share / T
+    return probs / probs.sum()

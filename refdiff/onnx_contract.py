@@ -1,0 +1,244 @@
+"""The ONNX file contract of a refdiff denoiser: names, metadata, and their checks.
+
+One ``.onnx`` file holds everything sampling needs (docs/onnx.md):
+
+- inputs ``x`` (float32 [B, C, H, W]) and ``t`` (int64 [B], timestep indices of the model's own
+  schedule), output ``model_output`` (float32 [B, C or 2C, H, W]), the batch dimension dynamic;
+- ``metadata_props["refdiff"]``: the JSON of :class:`ModelMetadata`, whose ``diffusion`` entry is
+  :meth:`refdiff.Diffusion.to_dict` (schedule, prediction, variance, image shape, data range,
+  clipping, decoder, levels), plus the network's own settings, the weights' dtype and the refdiff
+  version that wrote it.
+
+The exporter (:mod:`refdiff.export`, PyTorch) writes files to this contract and the runtime
+(:mod:`refdiff.runtime`, no PyTorch) reads them; both import it from here. No onnx, onnxruntime or
+torch is imported by this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .settings import Diffusion
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT_NAMES",
+    "METADATA_KEY",
+    "OUTPUT_NAME",
+    "WEIGHT_DTYPES",
+    "MetadataError",
+    "ModelMetadata",
+    "check_graph",
+    "check_onnx_file",
+]
+
+#: Key of the model's ``metadata_props`` entry holding the JSON of :class:`ModelMetadata`.
+METADATA_KEY = "refdiff"
+#: Version of that JSON's layout; readers refuse versions they do not know.
+FORMAT_VERSION = 1
+#: Graph inputs: noisy images ``x`` [B, C, H, W] (float32) and timestep indices ``t`` [B] (int64).
+INPUT_NAMES = ("x", "t")
+#: Graph output: ``model_output`` [B, C or 2C, H, W] (float32).
+OUTPUT_NAME = "model_output"
+#: dtypes the weights may have; inputs and outputs are float32 either way.
+WEIGHT_DTYPES = ("float32", "float16")
+
+_EXPORT_HINT = (
+    "export it with `refdiff export CHECKPOINT --out model.onnx` (or "
+    "refdiff.export.export_onnx), which writes the metadata sampling needs"
+)
+
+
+class MetadataError(ValueError):
+    """The model's refdiff metadata is missing, malformed or contradicts the graph."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The JSON stored under :data:`METADATA_KEY` in an exported model's ``metadata_props``.
+
+    Attributes
+    ----------
+    diffusion : Diffusion
+        Schedule, parameterisation, image shape, data range, clipping: what sampling needs.
+    model : dict
+        The network's own settings (``UNetConfig.to_dict()``), for reference.
+    dtype : str
+        ``"float32"`` or ``"float16"``: the dtype of the weights and inner computation. Inputs and
+        outputs are float32 in both cases.
+    refdiff_version : str
+        The refdiff version that exported the model.
+    input_names, output_name
+        :data:`INPUT_NAMES` and :data:`OUTPUT_NAME`, recorded for readers of the file.
+    format : int
+        :data:`FORMAT_VERSION`.
+    """
+
+    diffusion: Diffusion
+    model: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    refdiff_version: str = ""
+    input_names: tuple[str, ...] = INPUT_NAMES
+    output_name: str = OUTPUT_NAME
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.diffusion, Diffusion):
+            raise TypeError(f"diffusion must be a Diffusion, got {type(self.diffusion).__name__}")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {self.dtype!r}")
+        object.__setattr__(self, "input_names", tuple(self.input_names))
+        object.__setattr__(self, "model", dict(self.model))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "refdiff_version": self.refdiff_version,
+            "diffusion": self.diffusion.to_dict(),
+            "model": dict(self.model),
+            "dtype": self.dtype,
+            "input_names": list(self.input_names),
+            "output_name": self.output_name,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None, *, source: str = "the model") -> ModelMetadata:
+        """Parse and validate the metadata JSON; every problem is a :class:`MetadataError`."""
+        if text is None:
+            raise MetadataError(
+                f"{source} lacks refdiff metadata (no {METADATA_KEY!r} entry in its "
+                f"metadata_props), so its diffusion settings are unknown; {_EXPORT_HINT}"
+            )
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(
+                f"{source}: the refdiff metadata is not valid JSON: {exc}"
+            ) from None
+        if not isinstance(d, Mapping):
+            raise MetadataError(
+                f"{source}: the refdiff metadata must be a JSON object, got {type(d).__name__}"
+            )
+        fmt = d.get("format")
+        if fmt != FORMAT_VERSION:
+            raise MetadataError(
+                f"{source}: refdiff metadata format {fmt!r} is not supported (this refdiff reads "
+                f"format {FORMAT_VERSION}); re-export the model with this refdiff"
+            )
+        required = ("diffusion", "model", "dtype", "input_names", "output_name")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise MetadataError(
+                f"{source}: the refdiff metadata lacks the keys {missing}; {_EXPORT_HINT}"
+            )
+        unknown = sorted(set(d) - {*required, "format", "refdiff_version"})
+        if unknown:
+            raise MetadataError(f"{source}: unknown refdiff metadata keys {unknown}")
+        try:
+            diffusion = Diffusion.from_dict(d["diffusion"])
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(
+                f"{source}: invalid diffusion settings in the metadata: {exc}"
+            ) from None
+        if not isinstance(d["model"], Mapping):
+            raise MetadataError(f"{source}: metadata 'model' must be an object, got {d['model']!r}")
+        names = d["input_names"]
+        if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
+            raise MetadataError(f"{source}: metadata 'input_names' must be a list of names")
+        try:
+            return cls(
+                diffusion=diffusion,
+                model=dict(d["model"]),
+                dtype=d["dtype"],
+                refdiff_version=str(d.get("refdiff_version", "")),
+                input_names=tuple(names),
+                output_name=str(d["output_name"]),
+                format=fmt,
+            )
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"{source}: {exc}") from None
+
+
+def check_onnx_file(path: Path) -> None:
+    """Refuse a path that is missing, not a file, or empty, before onnxruntime sees it."""
+    if not path.exists():
+        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"ONNX model {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"ONNX model {str(path)!r} is empty")
+
+
+def check_graph(meta: ModelMetadata, inputs: Any, outputs: Any, *, source: str) -> None:
+    """Refuse metadata that contradicts the graph: names, dtypes, ranks, C/H/W, 2C outputs.
+
+    ``inputs`` and ``outputs`` describe the graph's arguments as onnxruntime does
+    (``session.get_inputs()``: objects with ``name``, ``type`` and ``shape``).
+    """
+    d = meta.diffusion
+    inputs = {i.name: i for i in inputs}
+    outputs = {o.name: o for o in outputs}
+    if tuple(meta.input_names) != INPUT_NAMES or meta.output_name != OUTPUT_NAME:
+        raise MetadataError(
+            f"{source}: metadata names inputs {list(meta.input_names)} and output "
+            f"{meta.output_name!r}; refdiff models have inputs {list(INPUT_NAMES)} and "
+            f"output {OUTPUT_NAME!r}"
+        )
+    if sorted(inputs) != sorted(INPUT_NAMES) or list(outputs) != [OUTPUT_NAME]:
+        raise MetadataError(
+            f"{source}: the graph has inputs {sorted(inputs)} and outputs {list(outputs)}; "
+            f"a refdiff model has inputs {list(INPUT_NAMES)} and the output {OUTPUT_NAME!r}"
+        )
+    x, t, out = inputs["x"], inputs["t"], outputs[OUTPUT_NAME]
+    for arg, want in ((x, "tensor(float)"), (t, "tensor(int64)"), (out, "tensor(float)")):
+        if arg.type != want:
+            raise MetadataError(
+                f"{source}: graph {arg.name!r} has type {arg.type}, expected {want} "
+                "(float16 models keep float32 inputs and outputs)"
+            )
+    if len(x.shape) != 4 or len(t.shape) != 1 or len(out.shape) != 4:
+        raise MetadataError(
+            f"{source}: graph shapes x {x.shape}, t {t.shape}, {OUTPUT_NAME} {out.shape}; "
+            "expected [B, C, H, W], [B] and [B, C or 2C, H, W]"
+        )
+    c, h, w = d.image_shape
+    fixed = [s if isinstance(s, int) else None for s in x.shape[1:]]
+    if any(s is not None and s != want for s, want in zip(fixed, (c, h, w), strict=True)):
+        raise MetadataError(
+            f"{source}: the metadata's image_shape {list(d.image_shape)} contradicts the "
+            f"graph input x of shape {x.shape}"
+        )
+    out_c = out.shape[1]
+    if isinstance(out_c, int) and out_c != d.out_channels:
+        if out_c == 2 * c:
+            why = (
+                f"the graph outputs 2C = {out_c} channels (a learned variance) but the "
+                f"metadata's variance {d.variance.value!r} is fixed (expects C = {c})"
+            )
+        elif out_c == c and d.out_channels == 2 * c:
+            why = (
+                f"the metadata's variance {d.variance.value!r} is learned (expects 2C = {2 * c} "
+                f"channels) but the graph outputs C = {c}"
+            )
+        else:
+            why = f"the graph outputs {out_c} channels, the metadata implies {d.out_channels}"
+        raise MetadataError(f"{source}: inconsistent metadata: {why}")
+    model = meta.model
+    for key, want in (("in_channels", c), ("image_size", h)):
+        if key in model and model[key] != want:
+            raise MetadataError(
+                f"{source}: metadata model.{key} = {model[key]!r} contradicts the diffusion "
+                f"image_shape {list(d.image_shape)}"
+            )
+    if "learn_sigma" in model and bool(model["learn_sigma"]) != (d.out_channels == 2 * c):
+        raise MetadataError(
+            f"{source}: metadata model.learn_sigma = {model['learn_sigma']!r} contradicts the "
+            f"diffusion variance {d.variance.value!r}"
+        )

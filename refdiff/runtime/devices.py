@@ -1,0 +1,60 @@
+"""Devices for the ONNX runtime: parsing ``cpu`` / ``cuda:N``, and importing onnxruntime and CuPy
+with errors that name the package to install.
+
+Never imports torch; onnxruntime and CuPy are imported only when a function here is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DeviceUnavailableError", "import_cupy", "import_onnxruntime", "parse_device"]
+
+
+class DeviceUnavailableError(ValueError):
+    """The requested device cannot be used (no CUDA provider, no CuPy, no GPU)."""
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:1"`` -> ("cuda", 1)."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    kind, _, index = device.strip().lower().partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda":
+        if not index:
+            return "cuda", 0
+        if index.isdigit():
+            return "cuda", int(index)
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            "sampling from ONNX needs onnxruntime: pip install 'refdiff[onnx]' (CPU) or "
+            "'refdiff[cuda12]' / 'refdiff[cuda13]' (NVIDIA GPUs)"
+        ) from exc
+    return onnxruntime
+
+
+def import_cupy(device_id: int) -> Any:
+    try:
+        import cupy
+    except ImportError:
+        raise DeviceUnavailableError(
+            "device 'cuda' needs CuPy, which is not installed: pip install 'refdiff[cuda12]' "
+            "or 'refdiff[cuda13]' (matching your CUDA driver), or use device 'cpu'"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own error types
+        raise DeviceUnavailableError(f"device 'cuda': CuPy cannot reach a GPU: {exc}") from None
+    if not 0 <= device_id < count:
+        raise DeviceUnavailableError(
+            f"device 'cuda:{device_id}' does not exist; this machine has {count} CUDA device(s)"
+        )
+    return cupy
