@@ -28,40 +28,102 @@ Callback = Callable[[int, int, Array, Array], None]
 """``callback(i, t, x, pred_x0)`` after step i (0-based) at index t with the new x."""
 
 
-def _setup(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T):
-    if xp is None:
-        if x_T is not None:
-            xp = get_namespace(x_T)
-        else:
-            import array_api_compat.numpy as xp
-    if len(shape) < 2:
-        raise ValueError(f"shape must be [B, ...] with at least one data axis, got {tuple(shape)}")
-    B = int(shape[0])
-    if B < 1:
-        raise ValueError(f"need at least one sample, got batch size {B}")
-    dtype = xp.float32 if dtype is None else dtype
-    if sample_indices is None:
-        idx = xp.arange(B, dtype=xp.int64, device=device)
-    else:
-        idx = xp.asarray(sample_indices, device=device)
-        if not xp.isdtype(idx.dtype, "integral") or tuple(idx.shape) != (B,):
+class _Run:
+    """What every sampler's loop shares: the namespace, device and dtype, the noise, the map to
+    the model's timesteps, and a watch on the state that names the first step at which it stopped
+    being finite (kept on the device: one read at the end, none per step)."""
+
+    def __init__(self, schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T):
+        if len(shape) < 2:
             raise ValueError(
-                f"sample_indices must be {B} integers, got {tuple(idx.shape)} {idx.dtype}"
+                f"shape must be [B, ...] with at least one data axis, got {tuple(shape)}"
             )
-        idx = xp.astype(idx, xp.int64)
-    if noise is None:
+        B = int(shape[0])
+        if B < 1:
+            raise ValueError(f"need at least one sample, got batch size {B}")
+        if x_T is not None:
+            xp, dtype, device = _follow(x_T, shape, xp, dtype, device)
+        elif xp is None:
+            import array_api_compat.numpy as xp
+        dtype = xp.float32 if dtype is None else dtype
+        if not xp.isdtype(dtype, "real floating"):
+            raise TypeError(f"samples must have a real floating dtype, got {dtype}")
+        if sample_indices is None:
+            idx = xp.arange(B, dtype=xp.int64, device=device)
+        else:
+            idx = xp.asarray(sample_indices, device=device)
+            if not xp.isdtype(idx.dtype, "integral") or tuple(idx.shape) != (B,):
+                raise ValueError(
+                    f"sample_indices must be {B} integers, got {tuple(idx.shape)} {idx.dtype}"
+                )
+            idx = xp.astype(idx, xp.int64)
+        if noise is None:
 
-        def noise(step: int, shp: tuple[int, ...]) -> Array:
-            return standard_normal(seed, idx, step, shp[1:], xp=xp, dtype=dtype, device=device)
+            def noise(step: int, shp: tuple[int, ...]) -> Array:
+                return standard_normal(seed, idx, step, shp[1:], xp=xp, dtype=dtype, device=device)
 
-    if x_T is None:
-        x = noise(PRIOR_STEP, tuple(shape))
-    else:
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-        x = x_T
-    tmap = table_on(schedule.timestep_map, xp, device)
-    return xp, B, x, noise, tmap, idx
+        self.xp, self.B, self.dtype, self.device, self.idx, self.noise = (
+            xp,
+            B,
+            dtype,
+            device,
+            idx,
+            noise,
+        )
+        self.x = noise(PRIOR_STEP, tuple(shape)) if x_T is None else x_T
+        self.tmap = table_on(schedule.timestep_map, xp, device)
+        self.watch = _FiniteWatch(schedule.num_timesteps, xp, device)
+        self.finish = self.watch.finish
+
+    def full(self, t_int: int) -> Array:
+        """The timestep index ``t_int`` for every sample."""
+        return self.xp.full((self.B,), t_int, dtype=self.xp.int64, device=self.device)
+
+
+class _FiniteWatch:
+    """Calls ``watch(i, t, x)`` after each step; ``finish(x)`` raises a ``FloatingPointError``
+    naming the first step whose state held a NaN or an infinity. The flag stays on the device:
+    one read back at the end, none per step."""
+
+    def __init__(self, num_steps: int, xp: Any, device: Any) -> None:
+        self.xp = xp
+        self._steps = xp.arange(num_steps + 1, dtype=xp.int64, device=device)
+        self._first_bad = self._steps[num_steps]  # num_steps: no step has gone bad
+        self._timesteps: list[int] = []
+
+    def __call__(self, i: int, t_int: int, x: Array) -> None:
+        xp = self.xp
+        self._timesteps.append(t_int)
+        bad = xp.logical_not(xp.all(xp.isfinite(x)))
+        self._first_bad = xp.where(
+            bad, xp.minimum(self._first_bad, self._steps[i]), self._first_bad
+        )
+
+    def finish(self, x: Array) -> Array:
+        i = int(self._first_bad)
+        if i < len(self._timesteps):
+            raise FloatingPointError(
+                f"sampling diverged: the samples hold NaN or infinite values from step {i} "
+                f"(timestep index {self._timesteps[i]}) on; the denoiser returned non-finite "
+                "values or the settings do not match the model"
+            )
+        return x
+
+
+def _follow(x_T: Array, shape, xp, dtype, device):
+    """The namespace, dtype and device of a given x_T (a conflicting explicit one is an error)."""
+    from array_api_compat import device as device_of
+
+    xt_ns = get_namespace(x_T)
+    if xp is not None and xp.__name__ != xt_ns.__name__:
+        raise TypeError(f"x_T is a {xt_ns.__name__} array but xp is {xp.__name__}")
+    if tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    if dtype is not None and dtype != x_T.dtype:
+        raise TypeError(f"x_T has dtype {x_T.dtype} but dtype={dtype} was asked for")
+    if device is not None and device != device_of(x_T):
+        raise ValueError(f"x_T lives on {device_of(x_T)} but device={device} was asked for")
+    return xt_ns, x_T.dtype, device_of(x_T)
 
 
 def ddpm_sample(
@@ -112,23 +174,22 @@ def ddpm_sample(
             x_T,
             callback,
         )
-    xp, B, x, noise, tmap, _ = _setup(
-        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
-    )
+    run = _Run(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
+    xp, x = run.xp, run.x
     posterior = _model_posterior(
-        schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp
+        schedule, denoiser, run.tmap, prediction, variance, clip_denoised, data_range, xp
     )
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
-        t = xp.full((B,), t_int, dtype=xp.int64, device=device)
-        p = posterior(x, t, want_eps=False)
+        p = posterior(x, run.full(t_int), want_eps=False)
         if t_int > 0:
-            x = p.mean + xp.exp(0.5 * p.log_variance) * noise(t_int, tuple(x.shape))
+            x = p.mean + xp.exp(0.5 * p.log_variance) * run.noise(t_int, tuple(x.shape))
         else:
             x = p.mean
+        run.watch(i, t_int, x)
         if callback is not None:
             callback(i, t_int, x, p.pred_x0)
-    return x
+    return run.finish(x)
 
 
 def ddim_sample(
@@ -157,15 +218,16 @@ def ddim_sample(
     DDPM's fixed-small variance. Pass a respaced schedule (``schedule.respace(...)``) for fewer steps.
     A learned variance's channels are ignored (DDIM sets its own σ).
     """
-    xp, B, x, noise, tmap, _ = _setup(
-        schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T
-    )
+    run = _Run(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
+    xp, x = run.xp, run.x
     prediction, variance = Prediction.parse(prediction), Variance.parse(variance)
     _check_ztsnr(schedule, prediction)
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+    if isinstance(eta, bool) or not (
+        isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0
+    ):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     posterior = _model_posterior(
-        schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp
+        schedule, denoiser, run.tmap, prediction, variance, clip_denoised, data_range, xp
     )
     # σ_t in float64 from the tables, per index.
     acp, acp_prev = schedule.alphas_cumprod, schedule.alphas_cumprod_prev
@@ -176,7 +238,7 @@ def ddim_sample(
     sqrt_acp_prev = np.sqrt(acp_prev)
     T = schedule.num_timesteps
     for i, t_int in enumerate(range(T - 1, -1, -1)):
-        t = xp.full((B,), t_int, dtype=xp.int64, device=device)
+        t = run.full(t_int)
         p = posterior(x, t)
         # p.pred_eps is recomputed from the clipped x̂_0 when clipping (consistent pair).
         x_new = (
@@ -184,11 +246,12 @@ def ddim_sample(
             + gather(dir_coef, t, x, xp=xp) * p.pred_eps
         )
         if t_int > 0 and sigma[t_int] > 0:
-            x_new = x_new + gather(sigma, t, x, xp=xp) * noise(t_int, tuple(x.shape))
+            x_new = x_new + gather(sigma, t, x, xp=xp) * run.noise(t_int, tuple(x.shape))
         x = x_new
+        run.watch(i, t_int, x)
         if callback is not None:
             callback(i, t_int, x, p.pred_x0)
-    return x
+    return run.finish(x)
 
 
 def _ddpm_fused(
@@ -227,6 +290,7 @@ def _ddpm_fused(
         else xp.astype(xp.asarray(sample_indices), xp.int64)
     )
     x = standard_normal_cuda(seed, idx, PRIOR_STEP, tuple(shape[1:])) if x_T is None else x_T
+    watch = _FiniteWatch(schedule.num_timesteps, xp, None)
     for i, t_int in enumerate(range(schedule.num_timesteps - 1, -1, -1)):
         t_model = xp.full((B,), int(schedule.timestep_map[t_int]), dtype=xp.int64)
         out = check_denoiser_output(denoiser(x, t_model), x, variance)
@@ -242,9 +306,10 @@ def _ddpm_fused(
             variance=variance.value,
         )
         x = new
+        watch(i, t_int, x)
         if callback is not None:
             callback(i, t_int, x, None)
-    return x
+    return watch.finish(x)
 
 
 def _model_posterior(schedule, denoiser, tmap, prediction, variance, clip_denoised, data_range, xp):

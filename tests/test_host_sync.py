@@ -94,13 +94,43 @@ def test_training_step_core_makes_no_read_back(prediction, variance, loss):
     np.testing.assert_allclose(np.asarray(terms.loss), ref.loss, rtol=1e-6)
 
 
+@contextlib.contextmanager
+def counting_read_backs(cls, methods=READ_BACKS):
+    """Count the conversions of ``cls`` arrays to Python scalars (they still work)."""
+    calls: list[str] = []
+    saved = {m: cls.__dict__.get(m) for m in methods}
+
+    def counted(name, original):
+        def method(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for m in methods:
+        if saved[m] is not None:
+            setattr(cls, m, counted(m, saved[m]))
+    try:
+        yield calls
+    finally:
+        for m, v in saved.items():
+            if v is not None:
+                setattr(cls, m, v)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_sampling_loop_makes_no_read_back(sampler):
+def test_sampling_loop_makes_no_read_back_per_step(sampler):
+    """One read-back per sampling call, whatever the number of steps: the final check that the
+    samples are finite (which names the step where they stopped being so)."""
     d = rd.Diffusion(rd.get_schedule("linear", 30), prediction="v", image_shape=(1, 3, 3))
     x_T = rd.standard_normal(1, strict.arange(4), 7, (1, 3, 3), xp=strict, dtype=strict.float32)
-    with no_read_back(type(x_T)):
-        x = d.sample(lambda x, t: 0.3 * x, 4, sampler=sampler, steps=8, xp=strict, x_T=x_T)
+    counts = {}
+    for steps in (4, 16):
+        with counting_read_backs(type(x_T)) as calls:
+            x = d.sample(lambda x, t: 0.3 * x, 4, sampler=sampler, steps=steps, xp=strict, x_T=x_T)
+        counts[steps] = len(calls)
     assert x.shape == (4, 1, 3, 3)
+    assert counts == {4: 1, 16: 1}
 
 
 def test_value_checked_timesteps_do_read_back():

@@ -367,6 +367,10 @@ def test_to_uint8():
     x = np.array([-1.5, -1.0, -1 + 2 / 255, 0.0, 1.0, 2.0])  # level k sits at -1 + 2k/255
     assert to_uint8(x).tolist() == [0, 0, 1, 128, 255, 255]
     assert to_uint8(np.array([0.0, 0.5, 1.0]), (0.0, 1.0)).tolist() == [0, 128, 255]
+    bad = np.zeros((4, 1, 2, 2))
+    bad[1, 0, 0, 0], bad[3, 0, 1, 1], bad[3, 0, 0, 0] = np.nan, np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"2 of 4 samples hold NaN or infinite values \(3 values\)"):
+        to_uint8(bad)
 
 
 # ---- output files ------------------------------------------------------------------------------

@@ -150,8 +150,8 @@ def test_callback_and_trajectory():
 def test_sampler_bad_input():
     s = get_schedule("cosine", 10)
     den = MIX.denoiser(s)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        rd.sample("euler", s, den, (2, 1))
+    with pytest.raises(ValueError, match="unknown sampler 'langevin'"):
+        rd.sample("langevin", s, den, (2, 1))
     with pytest.raises(ValueError, match="at least one sample"):
         rd.ddpm_sample(s, den, (0, 1))
     with pytest.raises(ValueError, match="eta"):
@@ -173,3 +173,38 @@ def test_zero_terminal_snr_sampling_with_v():
     x = rd.ddim_sample(s, den, (500, 1), prediction="v", dtype=np.float64, clip_denoised=False)
     assert np.all(np.isfinite(x))
     assert abs((x < 0).mean() - 0.3) < 0.1
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_follow_the_dtype_and_device_of_x_T(sampler):
+    """A given x_T sets the namespace, dtype and device of the noise and the result; an explicit
+    setting that contradicts it is an error, not a silent cast or copy."""
+    strict = pytest.importorskip("array_api_strict")
+    s = get_schedule("cosine", 10)
+    opts = {"eta": 1.0} if sampler == "ddim" else {}
+    x64 = np.random.default_rng(0).standard_normal((3, 1))
+    out = rd.sample(sampler, s, MIX.denoiser(s), (3, 1), x_T=x64, **opts)
+    assert out.dtype == np.float64  # the noise was drawn in float64 too
+    want = rd.sample(sampler, s, MIX.denoiser(s), (3, 1), x_T=x64, dtype=np.float64, **opts)
+    np.testing.assert_array_equal(out, want)
+    other = strict.Device("device1")
+    xt = strict.asarray(x64, device=other)
+    got = rd.sample(sampler, s, MIX.denoiser(s), (3, 1), x_T=xt, **opts)
+    assert got.device == other and got.dtype == strict.float64
+    with pytest.raises(TypeError, match="x_T has dtype float64 but dtype="):
+        rd.sample(sampler, s, MIX.denoiser(s), (3, 1), x_T=x64, dtype=np.float32, **opts)
+    with pytest.raises(ValueError, match="x_T lives on"):
+        rd.sample(
+            sampler, s, MIX.denoiser(s), (3, 1), x_T=xt, device=strict.Device("CPU_DEVICE"), **opts
+        )
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_diverging_sampler_names_the_step(sampler):
+    s = get_schedule("cosine", 10)
+
+    def den(x, t):  # finite until timestep index 6, then NaN
+        return np.where(t[:, None] <= 6, np.nan, 0.1 * x)
+
+    with pytest.raises(FloatingPointError, match=r"from step 3 \(timestep index 6\)"):
+        rd.sample(sampler, s, den, (2, 1), clip_denoised=False)

@@ -100,9 +100,21 @@ def shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def to_uint8(x: np.ndarray, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """Map samples in ``data_range`` to 8-bit levels 0..255 (rounded, clipped)."""
+    """Map samples in ``data_range`` to 8-bit levels 0..255 (rounded, clipped).
+
+    A NaN or an infinity is a ``ValueError`` (a diverged model must not become black or white
+    pixels without a word).
+    """
     lo, hi = data_range
-    y = np.rint((np.asarray(x, dtype=np.float64) - lo) * (255.0 / (hi - lo)))
+    values = np.asarray(x, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        n_samples = int(np.count_nonzero(bad.reshape(bad.shape[0], -1).any(axis=1)))
+        raise ValueError(
+            f"{n_samples} of {values.shape[0]} samples hold NaN or infinite values "
+            f"({int(np.count_nonzero(bad))} values): the model diverged"
+        )
+    y = np.rint((values - lo) * (255.0 / (hi - lo)))
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
