@@ -6,6 +6,7 @@ Nothing here imports torch or cupy at module level; backends are recognised thro
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -229,13 +230,36 @@ def _check_array_timesteps(t: Array, batch: int, xp: Any, dev: Any) -> Array:
     return t
 
 
+#: Below this argument log Φ comes from its asymptotic series, exact to float64 rounding there
+#: (the first omitted term is below 1e-16 relative). Its gradient stays finite: the backends'
+#: own gradients of log_ndtr cancel two numbers of order x²/2 and turn into NaN in float32 for
+#: |x| beyond a few ten thousand (a tiny predicted scale far from the data).
+LOG_NDTR_TAIL = -40.0
+
+
 def log_ndtr(x: Array, xp: Any | None = None) -> Array:
     """``log Φ(x)``, the log of the standard normal CDF, accurate in both tails.
 
     Dispatches to the backend's own implementation (``scipy.special``, ``cupyx.scipy.special``,
-    ``torch.special``); array_api_strict goes through NumPy/SciPy around the compiled call.
+    ``torch.special``; array_api_strict through NumPy/SciPy around the compiled call) for
+    x ≥ :data:`LOG_NDTR_TAIL`, and below it uses the asymptotic series
+    log Φ(x) = -x²/2 - log(-x) - ½ log 2π + log(1 - 1/x² + 3/x⁴ - 15/x⁶ + 105/x⁸ - …),
+    with each branch fed values inside its own domain so that no gradient becomes NaN.
     """
     xp = array_namespace(x) if xp is None else xp
+    core = _backend_log_ndtr(xp.clip(x, LOG_NDTR_TAIL, None), xp)
+    z = xp.clip(x, None, LOG_NDTR_TAIL)
+    w = 1.0 / (z * z)
+    series = (
+        -0.5 * z * z
+        - xp.log(-z)
+        - 0.5 * math.log(2.0 * math.pi)
+        + xp.log1p(w * (-1.0 + w * (3.0 + w * (-15.0 + 105.0 * w))))
+    )
+    return xp.where(x < LOG_NDTR_TAIL, series, core)
+
+
+def _backend_log_ndtr(x: Array, xp: Any) -> Array:
     if is_torch_namespace(xp):
         import torch
 

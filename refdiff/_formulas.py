@@ -214,10 +214,16 @@ def _log1mexp(d: Array, xp: Any) -> Array:
 
 
 def discretized_gaussian_log_likelihood(
-    x: Array, means: Array, log_scales: Array, num_bins: int, xp: Any
+    x: Array,
+    means: Array,
+    log_scales: Array,
+    num_bins: int,
+    data_range: tuple[float, float],
+    xp: Any,
 ) -> Array:
     """The body of :func:`refdiff.discretized_gaussian_log_likelihood`."""
-    half = 1.0 / (num_bins - 1)
+    lo_edge, hi_edge = data_range
+    half = 0.5 * (hi_edge - lo_edge) / (num_bins - 1)  # half the distance between two levels
     inv_std = xp.exp(-log_scales)
     centred = x - means
     lo = (centred - half) * inv_std
@@ -228,8 +234,8 @@ def discretized_gaussian_log_likelihood(
     b = xp.where(upper, -lo, hi)
     log_b = log_ndtr(b, xp)
     interior = log_b + _log1mexp(log_ndtr(a, xp) - log_b, xp)
-    bottom = x < -1.0 + half / 2
-    top = x > 1.0 - half / 2
+    bottom = x < lo_edge + half / 2
+    top = x > hi_edge - half / 2
     edge = log_ndtr(xp.where(bottom, hi, -lo), xp)
     return xp.where(bottom | top, edge, interior)
 
@@ -260,15 +266,25 @@ def vb_term(
         schedule, out, var_out, x_t, t, prediction, variance, clip_denoised, data_range, xp
     )
     true_mean = posterior_mean(schedule, x_start, x_t, t, xp)
-    true_log_var = gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp)
-    kl = sum_flat(
-        normal_kl(true_mean, xp.broadcast_to(true_log_var, x_t.shape), p.mean, p.log_variance, xp),
-        xp,
+    true_log_var = xp.broadcast_to(
+        gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp), x_t.shape
     )
-    log_scales = xp.broadcast_to(0.5 * p.log_variance, x_t.shape)
+    # Each example needs one branch (the decoder at t = 0, the KL elsewhere), but both are
+    # computed; the unused one gets harmless inputs (the true posterior for the KL, a unit
+    # Gaussian at the data for the decoder), so its non-finite values and gradients cannot leak
+    # into the result through `where` (0 · inf = NaN in backpropagation).
+    first = xp.reshape(t == 0, (t.shape[0],) + (1,) * (x_t.ndim - 1))
+    log_var = xp.broadcast_to(p.log_variance, x_t.shape)
+    kl_mean = xp.where(first, true_mean, p.mean)
+    kl_log_var = xp.where(first, true_log_var, log_var)
+    kl = sum_flat(normal_kl(true_mean, true_log_var, kl_mean, kl_log_var, xp), xp)
+    dec_mean = xp.where(first, p.mean, x_start)
+    dec_log_scale = xp.where(first, 0.5 * log_var, xp.zeros_like(log_var))
     if decoder is Decoder.DISCRETIZED:
-        ll = discretized_gaussian_log_likelihood(x_start, p.mean, log_scales, num_bins, xp)
+        ll = discretized_gaussian_log_likelihood(
+            x_start, dec_mean, dec_log_scale, num_bins, data_range, xp
+        )
     else:
-        ll = continuous_gaussian_log_likelihood(x_start, p.mean, log_scales, xp)
+        ll = continuous_gaussian_log_likelihood(x_start, dec_mean, dec_log_scale, xp)
     nll = -sum_flat(ll, xp)
     return VBTerm(xp.where(t == 0, nll, kl), p.pred_x0)

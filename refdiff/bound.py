@@ -18,7 +18,7 @@ from . import _formulas as f
 from ._array import Array, device, get_namespace, table_on
 from ._enums import Decoder, Prediction, Variance
 from ._formulas import LN2
-from .losses import prior_kl
+from .losses import check_data_range, check_num_bins, prior_kl
 from .noise import check_seed, standard_normal, uniform_open
 from .reverse import check_denoiser_output
 
@@ -89,20 +89,17 @@ def _prepare(schedule, denoiser, x, settings, seed, sample_indices):
             "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
             "(ᾱ_T = 0); the bound needs prediction 'v' or 'x0' with zero terminal SNR"
         )
-    lo, hi = (float(v) for v in data_range)
-    if not lo < hi:
-        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range!r}")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    data_range = check_data_range(data_range)
+    num_bins = check_num_bins(num_bins)
     check_seed(seed)
     xp = get_namespace(x)
-    _check_data(x, xp, decoder)
+    _check_data(x, xp, decoder, data_range)
     idx = _sample_indices(x, sample_indices, xp)
-    checked = (prediction, variance, decoder, bool(clip_denoised), (lo, hi), num_bins)
+    checked = (prediction, variance, decoder, bool(clip_denoised), data_range, num_bins)
     return xp, idx, _term_function(schedule, denoiser, x, idx, seed, xp, checked)
 
 
-def _check_data(x: Array, xp: Any, decoder: Decoder) -> None:
+def _check_data(x: Array, xp: Any, decoder: Decoder, data_range: tuple[float, float]) -> None:
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"data must be a real floating array, got dtype {x.dtype}")
     if x.ndim < 2:
@@ -111,9 +108,9 @@ def _check_data(x: Array, xp: Any, decoder: Decoder) -> None:
         )
     if x.shape[0] and decoder is Decoder.DISCRETIZED:
         lo, hi = float(xp.min(x)), float(xp.max(x))
-        if lo < -1.0 or hi > 1.0:
+        if lo < data_range[0] or hi > data_range[1]:
             raise ValueError(
-                f"8-bit data must lie in [-1, 1] for the discretized decoder, got [{lo}, {hi}]"
+                f"discretized data must lie in the data range {list(data_range)}, got [{lo}, {hi}]"
             )
 
 

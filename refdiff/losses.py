@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from . import _formulas as f
 from ._array import Array, as_batch_timesteps, device, gather, get_namespace, stop_gradient
 from ._enums import Decoder, LossType, Prediction, Variance
@@ -26,6 +28,8 @@ __all__ = [
     "LossTerms",
     "LossType",
     "VBTerm",
+    "check_data_range",
+    "check_num_bins",
     "continuous_gaussian_log_likelihood",
     "discretized_gaussian_log_likelihood",
     "mean_flat",
@@ -60,21 +64,33 @@ def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Arr
 
 
 def discretized_gaussian_log_likelihood(
-    x: Array, *, means: Array, log_scales: Array, num_bins: int = 256
+    x: Array,
+    *,
+    means: Array,
+    log_scales: Array,
+    num_bins: int = 256,
+    data_range: tuple[float, float] = (-1.0, 1.0),
 ) -> Array:
-    """log p(x) for data on ``num_bins`` evenly spaced levels in [-1, 1] under a discretized Gaussian.
+    """log p(x) for data on ``num_bins`` evenly spaced levels of ``data_range`` under a
+    discretized Gaussian.
 
-    Each level x owns the bin [x - δ, x + δ] with δ = 1/(num_bins - 1); the outer bins are open
-    (-∞, -1 + δ] and [1 - δ, ∞), so the probabilities of all levels sum to 1. The log of each bin's
-    mass log(Φ(b) - Φ(a)) is computed in log space from ``log_ndtr`` of whichever tail is smaller
-    (mirroring a bin above the mean), never through a tanh approximation or a clamp.
+    The levels are lo, lo + 2δ, …, hi with δ = (hi - lo) / (2 (num_bins - 1)) (for 8-bit images in
+    [-1, 1], δ = 1/255). Each level x owns the bin [x - δ, x + δ]; the outer bins are open,
+    (-∞, lo + δ] and [hi - δ, ∞), so the probabilities of the ``num_bins`` levels sum to 1. The log
+    of each bin's mass log(Φ(b) - Φ(a)) is computed in log space from ``log_ndtr`` of whichever
+    tail is smaller (mirroring a bin above the mean), never through a tanh approximation or a
+    clamp.
 
     Parameters
     ----------
     x : array [B, ...]
-        Data on the grid of levels, in [-1, 1].
+        Data on the grid of levels.
     means, log_scales : array [B, ...]
         The Gaussian's mean and log standard deviation.
+    num_bins : int
+        Number of levels (256 for 8-bit data).
+    data_range : (lo, hi)
+        The first and last level.
 
     Returns
     -------
@@ -86,9 +102,27 @@ def discretized_gaussian_log_likelihood(
         raise ValueError(
             f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
         )
-    if num_bins < 2:
-        raise ValueError(f"num_bins must be >= 2, got {num_bins}")
-    return f.discretized_gaussian_log_likelihood(x, means, log_scales, num_bins, xp)
+    num_bins = check_num_bins(num_bins)
+    data_range = check_data_range(data_range)
+    return f.discretized_gaussian_log_likelihood(x, means, log_scales, num_bins, data_range, xp)
+
+
+def check_num_bins(num_bins: Any) -> int:
+    """``num_bins`` as an int >= 2, or a ``ValueError`` naming it."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 2:
+        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    return int(num_bins)
+
+
+def check_data_range(data_range: Any) -> tuple[float, float]:
+    """``data_range`` as finite floats (lo, hi) with lo < hi, or a ``ValueError`` naming it."""
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range!r}")
+    return lo, hi
 
 
 def continuous_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: Array) -> Array:
@@ -136,7 +170,9 @@ def vb_term(
     prediction = Prediction.parse(prediction)
     variance = Variance.parse(variance)
     decoder = Decoder.parse(decoder)
-    xp, tt = _check_term_inputs(schedule, model_output, x_start, x_t, t, variance, num_bins)
+    xp, tt, data_range = _check_term_inputs(
+        schedule, model_output, x_start, x_t, t, variance, num_bins, data_range
+    )
     return f.vb_term(
         schedule,
         model_output,
@@ -161,7 +197,8 @@ def _check_term_inputs(
     t: Any,
     variance: Variance,
     num_bins: int,
-) -> tuple[Any, Array]:
+    data_range: Any,
+) -> tuple[Any, Array, tuple[float, float]]:
     xp = get_namespace(model_output, x_start, x_t)
     if tuple(x_start.shape) != tuple(x_t.shape):
         raise ValueError(
@@ -169,11 +206,11 @@ def _check_term_inputs(
         )
     if model_output.dtype != x_t.dtype:
         raise TypeError(f"model output dtype {model_output.dtype} differs from x_t's {x_t.dtype}")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    check_num_bins(num_bins)
+    data_range = check_data_range(data_range)
     tt = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
     check_model_output(model_output, x_t, variance)
-    return xp, tt
+    return xp, tt, data_range
 
 
 class LossTerms(NamedTuple):
@@ -218,7 +255,9 @@ def training_losses(
         raise ValueError(
             f"a {variance.value!r} variance is only trained by the 'hybrid' or 'vlb' loss, not 'simple'"
         )
-    xp, tt = _check_term_inputs(schedule, model_output, x_start, x_t, t, variance, num_bins)
+    xp, tt, data_range = _check_term_inputs(
+        schedule, model_output, x_start, x_t, t, variance, num_bins, data_range
+    )
     if tuple(noise.shape) != tuple(x_t.shape):
         raise ValueError(f"noise {tuple(noise.shape)} and x_t {tuple(x_t.shape)} differ in shape")
     get_namespace(model_output, noise)  # one backend, one device

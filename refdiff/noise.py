@@ -91,6 +91,12 @@ def uniform_open(
     seed = check_seed(seed)
     if not 0 <= int(step) <= _M32:
         raise ValueError(f"step must be in [0, 2**32), got {step}")
+    if not hasattr(sample_indices, "dtype") or not xp.isdtype(sample_indices.dtype, "integral"):
+        got = getattr(sample_indices, "dtype", type(sample_indices).__name__)
+        raise TypeError(
+            f"sample_indices must be an integer array (a sample's noise depends on its index; "
+            f"a fraction would silently select another sample's noise), got {got}"
+        )
     idx = xp.astype(sample_indices, xp.int64)
     if idx.ndim != 1:
         raise ValueError(f"sample_indices must be 1-D, got shape {tuple(idx.shape)}")

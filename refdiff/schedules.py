@@ -253,7 +253,21 @@ def make_betas(name: str, T: int, **params: Any) -> np.ndarray:
             f"schedule {name!r} takes {sorted(defaults)}, got unknown {sorted(unknown)}"
         )
     kw = {**defaults, **params}
-    return np.asarray(fn(int(T), **kw), dtype=np.float64)
+    for key, value in params.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+        ):
+            raise TypeError(f"schedule {name!r}: {key} must be a number, got {value!r}")
+    betas = np.asarray(fn(int(T), **kw), dtype=np.float64)
+    bad = ~np.isfinite(betas) | (betas <= 0) | (betas > 1) | np.append(betas[:-1] >= 1, False)
+    if bad.any():
+        i = int(np.argmax(bad))
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "its defaults"
+        raise ValueError(
+            f"schedule {name!r} with {given} and T = {T} gives β[{i}] = {float(betas[i])!r}; "
+            "every β must lie in (0, 1)"
+        )
+    return betas
 
 
 def _linear(T: int, beta_start: float | None, beta_end: float | None) -> np.ndarray:
@@ -261,7 +275,7 @@ def _linear(T: int, beta_start: float | None, beta_end: float | None) -> np.ndar
     scale = 1000.0 / T
     b0 = scale * 1e-4 if beta_start is None else beta_start
     b1 = scale * 0.02 if beta_end is None else beta_end
-    if b1 >= 1 or b0 >= 1:
+    if (beta_end is None and b1 >= 1) or (beta_start is None and b0 >= 1):
         raise ValueError(
             f"the linear schedule's default betas (1e-4 .. 0.02, scaled by 1000/T) exceed 1 for T = {T}; "
             "pass beta_start and beta_end explicitly"

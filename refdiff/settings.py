@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from ._array import Array, Timesteps
 from ._enums import Decoder, LossType, Prediction, Variance
 from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
 from .forward import q_sample
-from .losses import LossTerms, training_losses
+from .losses import LossTerms, check_data_range, check_num_bins, training_losses
 from .reverse import PMeanVariance, p_mean_variance
 from .samplers import Callback, sample
 from .schedules import Schedule, get_schedule, space_timesteps
@@ -118,20 +117,10 @@ class Diffusion:
                 f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape}"
             )
         set_(self, "image_shape", shape)
-        try:
-            lo, hi = (float(v) for v in self.data_range)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"data_range must be (lo, hi) with lo < hi, got {self.data_range!r}"
-            ) from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {self.data_range}")
-        set_(self, "data_range", (lo, hi))
+        set_(self, "data_range", check_data_range(self.data_range))
         if not isinstance(self.clip_denoised, bool):
             raise TypeError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
-        nb = self.num_bins
-        if isinstance(nb, bool) or not isinstance(nb, int) or nb < 2:
-            raise ValueError(f"num_bins must be an int >= 2, got {nb!r}")
+        set_(self, "num_bins", check_num_bins(self.num_bins))
         if sched.zero_terminal_snr and self.prediction is Prediction.EPSILON:
             raise ValueError(
                 "zero terminal SNR needs a prediction that recovers x_0 at the last step ('v' or "

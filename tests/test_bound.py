@@ -143,7 +143,7 @@ def test_bound_backends(xp):
 def test_bound_bad_input(gauss):
     oracle, x0 = gauss
     s = get_schedule("cosine", 10)
-    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+    with pytest.raises(ValueError, match=r"must lie in the data range \[-1.0, 1.0\]"):
         rd.variational_bound(s, oracle.denoiser(s), x0 * 10)
     with pytest.raises(ValueError, match="num_draws"):
         rd.variational_bound_mc(s, oracle.denoiser(s), x0, num_draws=1, decoder="gaussian")

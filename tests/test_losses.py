@@ -56,6 +56,58 @@ def test_discretized_bins_sum_to_one(mean, log_scale):
     assert math.isclose(special.logsumexp(ll), 0.0, abs_tol=1e-10)
 
 
+@given(
+    mean=st.floats(-3, 3, **finite),
+    log_scale=st.floats(-9, 2, **finite),
+    num_bins=st.integers(2, 300),
+    lo=st.floats(-2, 1, **finite),
+    width=st.floats(0.1, 4, **finite),
+)
+def test_discretized_bins_sum_to_one_for_any_levels_and_range(mean, log_scale, num_bins, lo, width):
+    """The probabilities of ``num_bins`` levels of any data range sum to 1 (16-level data once
+    summed to 0.106 because the levels were always taken to be 256 in [-1, 1])."""
+    x = np.linspace(lo, lo + width, num_bins)
+    ll = rd.discretized_gaussian_log_likelihood(
+        x,
+        means=np.full(num_bins, mean),
+        log_scales=np.full(num_bins, log_scale),
+        num_bins=num_bins,
+        data_range=(lo, lo + width),
+    )
+    assert np.all(ll <= 1e-12) and np.all(np.isfinite(ll))
+    assert math.isclose(special.logsumexp(ll), 0.0, abs_tol=1e-9)
+
+
+def test_the_bound_uses_the_settings_levels_and_range():
+    """Through the settings, the decoder term of the bound sums to 1 over the data's own levels,
+    and x̂_0 is clipped to the data's range (as the samplers clip it)."""
+    for num_bins, data_range in ((16, (-1.0, 1.0)), (256, (0.0, 1.0)), (5, (-2.0, 3.0))):
+        d = rd.Diffusion(
+            get_schedule("cosine", 20),
+            prediction="x0",
+            image_shape=(1, 1, 1),
+            data_range=data_range,
+            num_bins=num_bins,
+        )
+        levels = np.linspace(*data_range, num_bins).reshape(num_bins, 1, 1, 1)
+        x_t = np.full_like(levels, 0.2)
+        out = np.full_like(levels, data_range[1] + 7.0)  # predicts far outside the range
+        p = d.p_mean_variance(out, x_t, 0)
+        assert np.all(p.pred_x0 == data_range[1])  # clipped to the range
+        nll = rd.vb_term(
+            d.schedule,
+            out,
+            levels,
+            x_t,
+            0,
+            prediction="x0",
+            clip_denoised=True,
+            data_range=data_range,
+            num_bins=num_bins,
+        ).nats
+        assert math.isclose(special.logsumexp(-nll), 0.0, abs_tol=1e-9), (num_bins, data_range)
+
+
 @given(mean=st.floats(-1.5, 1.5, **finite), log_scale=st.floats(-4, 1, **finite))
 def test_discretized_agrees_with_float64_cdf_differences(mean, log_scale):
     x = LEVELS.copy()
@@ -209,6 +261,24 @@ def test_decoder_gradients_finite_in_extreme_tails():
     assert torch.isfinite(ll).all()
     ll.sum().backward()
     assert torch.isfinite(means.grad).all() and torch.isfinite(ls.grad).all()
+
+
+def test_unused_branch_of_the_bound_leaks_no_nan_gradient():
+    """The decoder is evaluated for every t and the KL too; the branch not taken must not turn
+    the gradient into NaN (cosine, T = 1000, t = 999, float32, learned variance, ε̂ = -3,
+    log σ² = -30: a finite loss once came with a NaN gradient)."""
+    s = get_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((2, 1, 2, 2), 0.3)
+    noise = torch.randn(2, 1, 2, 2, generator=g)
+    for t_val in (999, 0, 500):
+        t = torch.full((2,), t_val)
+        xt = rd.q_sample(s, x0, t, noise)
+        out = torch.cat([torch.full((2, 1, 2, 2), -3.0), torch.full((2, 1, 2, 2), -30.0)], dim=1)
+        out.requires_grad_(True)
+        terms = rd.training_losses(s, out, x0, xt, t, noise, loss_type="vlb", variance="learned")
+        terms.loss.sum().backward()
+        assert torch.isfinite(terms.loss).all() and torch.isfinite(out.grad).all(), t_val
 
 
 def test_training_loss_bad_input():

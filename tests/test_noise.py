@@ -68,3 +68,15 @@ def test_bad_seed_and_step():
         standard_normal("0", np.arange(2), 0, (2,), xp=npx)
     with pytest.raises(ValueError, match="step"):
         standard_normal(0, np.arange(2), -1, (2,), xp=npx)
+
+
+def test_sample_indices_must_be_integers():
+    """A fractional index would select another sample's noise without a word."""
+    import array_api_compat.numpy as npx
+
+    with pytest.raises(TypeError, match=r"sample_indices must be an integer array.*float64"):
+        standard_normal(0, np.array([0.5]), 0, (2,), xp=npx)
+    with pytest.raises(TypeError, match="sample_indices must be an integer array"):
+        standard_normal(0, [0, 1], 0, (2,), xp=npx)
+    ok = standard_normal(0, np.array([0, 1]), 0, (2,), xp=npx)
+    assert ok.shape == (2, 2)

@@ -369,7 +369,9 @@ def test_to_uint8():
     assert to_uint8(np.array([0.0, 0.5, 1.0]), (0.0, 1.0)).tolist() == [0, 128, 255]
     bad = np.zeros((4, 1, 2, 2))
     bad[1, 0, 0, 0], bad[3, 0, 1, 1], bad[3, 0, 0, 0] = np.nan, np.inf, -np.inf
-    with pytest.raises(ValueError, match=r"2 of 4 samples hold NaN or infinite values \(3 values\)"):
+    with pytest.raises(
+        ValueError, match=r"2 of 4 samples hold NaN or infinite values \(3 values\)"
+    ):
         to_uint8(bad)
 
 

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff import SCHEDULES, Schedule, get_schedule, rescale_zero_terminal_snr, space_timesteps
+from refdiff import (
+    SCHEDULES,
+    Schedule,
+    get_schedule,
+    make_betas,
+    rescale_zero_terminal_snr,
+    space_timesteps,
+)
 
 NAMES = sorted(SCHEDULES)
 
@@ -190,3 +197,26 @@ def test_rescale_needs_decreasing():
         rescale_zero_terminal_snr(np.array([0.5]))
     out = rescale_zero_terminal_snr(get_schedule("cosine", 10).betas)
     assert out[-1] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        (
+            "linear",
+            {"beta_start": -0.1},
+            r"'linear' with beta_start=-0.1 and T = 100 gives β\[0\] = -0.1",
+        ),
+        ("linear", {"beta_end": 1.5}, r"gives β\[\d+\] = .*every β must lie in \(0, 1\)"),
+        ("constant", {"beta": 0.0}, r"'constant' with beta=0.0 .* gives β\[0\] = 0.0"),
+        ("scaled_linear", {"beta_start": float("nan")}, "nan"),
+    ],
+)
+def test_make_betas_refuses_betas_outside_the_unit_interval(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        make_betas(name, 100, **params)
+
+
+def test_make_betas_refuses_non_numeric_parameters():
+    with pytest.raises(TypeError, match=r"beta_start must be a number, got '0\.1'"):
+        make_betas("linear", 100, beta_start="0.1")
