@@ -343,8 +343,23 @@ def test_npz_key_errors(tmp_path):
 
 def test_npz_not_an_archive(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
-    with pytest.raises(ValueError, match=r"cannot read.*junk\.npz"):
+    with pytest.raises(ValueError, match=r"junk\.npz' is not an \.npz archive"):
         load_npz(tmp_path / "junk.npz")
+    # a 2-byte file (NumPy alone calls it "pickled data") and an empty one
+    (tmp_path / "two.npz").write_bytes(b"PK")
+    with pytest.raises(
+        ValueError, match=r"two\.npz' is not an \.npz archive \(it starts with b'PK'"
+    ):
+        load_npz(tmp_path / "two.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.npz' is empty \(0 bytes\)"):
+        load_npz(tmp_path / "empty.npz")
+    # a truncated archive
+    np.savez(tmp_path / "whole.npz", images=np.zeros((4, 1, 8, 8), np.uint8))
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz"):
+        load_npz(tmp_path / "cut.npz")
     with open(tmp_path / "single.npz", "wb") as f:
         np.save(f, np.zeros((1, 2, 2), np.uint8))
     with pytest.raises(ValueError, match=r"single \.npy array"):
@@ -479,10 +494,23 @@ def test_load_dataset_dispatch(tmp_path):
     with pytest.raises(ValueError, match="only image folders are resized"):
         load_dataset("digits", image_size=16)
 
-    np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4), np.uint8))
-    assert load_dataset(str(tmp_path / "x.npz")).shape == (1, 4, 4)
-    with pytest.raises(ValueError, match="no test split"):
-        load_dataset(str(tmp_path / "x.npz"), split="test")
+    # a .npz file has no split of its own: "test" is the held-out share the trainer holds out
+    images = np.zeros((40, 1, 4, 4), np.uint8)
+    images[:, 0, 0, 0] = np.arange(40)  # every image different
+    np.savez(tmp_path / "x.npz", images=images)
+    spec = str(tmp_path / "x.npz")
+    train, test, every = (load_dataset(spec, split=s) for s in ("train", "test", "all"))
+    assert (len(train), len(test), len(every)) == (38, 2, 40)
+    assert train.shape == (1, 4, 4)
+    rows = {r.tobytes() for r in every.images}
+    assert {r.tobytes() for r in train.images} | {r.tobytes() for r in test.images} == rows
+    assert not {r.tobytes() for r in train.images} & {r.tobytes() for r in test.images}
+    want_train, want_test = data.split_holdout(every.images)
+    np.testing.assert_array_equal(test.images, want_test)
+    np.testing.assert_array_equal(train.images, want_train)
+    assert len(load_dataset(spec, split="test", holdout_fraction=0.25)) == 10
+    with pytest.raises(ValueError, match=r"hold-out fraction must lie in \(0, 1\), got 1.5"):
+        load_dataset(spec, split="test", holdout_fraction=1.5)
 
     write_cifar_folder(tmp_path / "cifar" / "cifar-10-batches-py")
     write_cifar_tar(tmp_path / "c.tar.gz", tmp_path / "cifar", ".")
@@ -490,11 +518,14 @@ def test_load_dataset_dispatch(tmp_path):
     assert len(load_dataset(str(tmp_path / "c.tar.gz"))) == 5 * CIFAR_PER_BATCH
 
     save_rgb(tmp_path / "imgs" / "a.png", solid(6, 8, (1, 2, 3)))
-    folder = load_dataset(str(tmp_path / "imgs"), image_size=4, channels=1)
+    folder = load_dataset(str(tmp_path / "imgs"), split="all", image_size=4, channels=1)
     assert folder.images.shape == (1, 1, 4, 4)
-    assert len(load_dataset(str(tmp_path / "imgs"), split="all")) == 1
-    with pytest.raises(ValueError, match="no test split"):
+    with pytest.raises(ValueError, match=r"holds 1 image.*too few to hold 1 out"):
         load_dataset(str(tmp_path / "imgs"), split="test")
+    for name in ("b", "c"):
+        save_rgb(tmp_path / "imgs" / f"{name}.png", solid(6, 8, (1, 2, 3)))
+    assert len(load_dataset(str(tmp_path / "imgs"), split="test", image_size=4)) == 1
+    assert len(load_dataset(str(tmp_path / "imgs"), split="train", image_size=4)) == 2
 
 
 def test_load_dataset_errors(tmp_path):

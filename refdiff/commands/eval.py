@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .._deps import MissingDependency
-from ._argtypes import non_negative_int, positive_int
+from ..data import DEFAULT_HOLDOUT
+from ._argtypes import fraction, non_negative_int, positive_int, value_range
 
 __all__ = ["add_parser", "open_model", "read_samples", "run"]
 
@@ -75,7 +76,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--split",
         default="test",
         choices=("test", "train", "all"),
-        help="images to score (default: test)",
+        help="images to score (default: test). Image folders and .npz files have no split of "
+        "their own: test is their held-out share (--holdout-fraction, the same images the "
+        "trainer holds out), train the rest",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        metavar="F",
+        type=fraction,
+        default=DEFAULT_HOLDOUT,
+        help=f"folders/.npz: the held-out share (default: {DEFAULT_HOLDOUT}, as in training)",
+    )
+    p.add_argument(
+        "--value-range",
+        metavar="LO,HI",
+        type=value_range,
+        default=None,
+        help=".npz files: the range the stored values lie in (default: 0,255 for integers, "
+        "-1,1 for floats)",
     )
     p.add_argument(
         "--n-images",
@@ -237,26 +255,16 @@ def read_samples(path: str) -> Any:
     """
     import numpy as np
 
-    p = Path(path)
-    if not p.is_file():
+    from ..data.npz import open_npz
+
+    if not Path(path).exists():
         raise FileNotFoundError(f"no such sample file: {path!r}")
-    if p.stat().st_size == 0:
-        raise ValueError(f"the sample file {path!r} is empty (0 bytes)")
-    with open(p, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":  # .npz files are zip archives
-        raise ValueError(
-            f"cannot read the sample file {path!r}: it is not an .npz archive (as written by "
-            "numpy.savez or `refdiff sample`)"
-        )
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            keys = list(npz.files)
+    with open_npz(path, "sample file") as npz:
+        keys = list(npz.files)
+        try:
             images = npz["images"] if "images" in keys else None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read the sample file {path!r} as .npz: {exc}") from None
-    except ValueError as exc:  # e.g. an array of Python objects (pickles are refused)
-        raise ValueError(f"cannot read the sample file {path!r}: {exc}") from None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read the sample file {path!r}: {exc}") from None
     if images is None:
         raise ValueError(
             f"the sample file {path!r} has no 'images' array (it holds {keys}); `refdiff sample` "
@@ -365,7 +373,16 @@ def run(args: argparse.Namespace) -> int:
     load_model = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    data = load_dataset(args.data, split=args.split)
+
+    def load(split: str) -> Any:
+        return load_dataset(
+            args.data,
+            split=split,
+            holdout_fraction=args.holdout_fraction,
+            value_range=args.value_range,
+        )
+
+    data = load(args.split)
     model_shape = tuple(diffusion.image_shape)
     if tuple(data.shape) != model_shape:
         raise ValueError(
@@ -374,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         )
     images = data.images if args.n_images == 0 else data.images[: args.n_images]
     # The baseline, the classifier's floor and the memorisation check use the training split.
-    train = data if args.split == "train" else load_dataset(args.data, split="train")
+    train = data if args.split == "train" else load("train")
     samples = reference = None
     if args.samples is not None:
         samples = read_samples(args.samples)

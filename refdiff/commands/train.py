@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ._argtypes import fraction, value_range
+
 __all__ = ["add_parser", "overrides_from_args", "run"]
 
 _EPILOG = textwrap.dedent(
@@ -63,6 +65,7 @@ _KEYS = {
     "data": "data",
     "image_size": "image_size",
     "holdout_fraction": "holdout_fraction",
+    "value_range": "value_range",
     "flip": "flip",
     "preset": "unet.preset",
     "channels": "unet.in_channels",
@@ -193,9 +196,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     data_g.add_argument(
         "--holdout-fraction",
-        type=float,
+        type=fraction,
         metavar="F",
         help="folders/.npz: fraction held out for evaluation (default 0.05)",
+    )
+    data_g.add_argument(
+        "--value-range",
+        type=value_range,
+        metavar="LO,HI",
+        help=".npz files: the range the stored values lie in, mapped onto 0..255 (default: "
+        "0,255 for integers, -1,1 for floats)",
     )
     data_g.add_argument(
         "--flip",

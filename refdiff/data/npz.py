@@ -10,7 +10,7 @@ import numpy as np
 
 from .dataset import ImageDataset, existing_path
 
-__all__ = ["load_npz"]
+__all__ = ["load_npz", "open_npz"]
 
 
 def _to_nchw(array: np.ndarray, layout: str) -> np.ndarray:
@@ -58,6 +58,38 @@ def _quantize(array: np.ndarray, value_range: Sequence[float] | None) -> np.ndar
     return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz file is a zip archive
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_npz(path: str | os.PathLike[str], what: str = "file") -> np.lib.npyio.NpzFile:
+    """Open an ``.npz`` archive without pickles (use it as a context manager).
+
+    Checks what the file is before NumPy does, so that an empty, truncated, ``.npy`` or other
+    file is a ``ValueError`` that says so (NumPy alone would call a 2-byte file "pickled data").
+    """
+    file = existing_path(path)
+    if not file.is_file():
+        raise ValueError(f"the {what} {str(file)!r} is not a file")
+    with open(file, "rb") as f:
+        head = f.read(6)
+    if not head:
+        raise ValueError(f"the {what} {str(file)!r} is empty (0 bytes)")
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(f"the {what} {str(file)!r} holds a single .npy array, not a .npz archive")
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"the {what} {str(file)!r} is not an .npz archive (it starts with {head[:4]!r}, not "
+            "a zip header; an .npz is written by numpy.savez or `refdiff sample`)"
+        )
+    try:
+        with zipfile.ZipFile(file):  # its directory first: NumPy would leak the open file
+            pass
+        return np.load(file, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read the {what} {str(file)!r} as .npz: {exc}") from None
+
+
 def load_npz(
     path: str | os.PathLike[str],
     *,
@@ -96,13 +128,7 @@ def load_npz(
         gives the minimum and maximum found), or the labels do not match the images.
     """
     file = existing_path(path)
-    try:
-        archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {str(file)!r} as a .npz archive: {exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{str(file)!r} holds a single .npy array, not a .npz archive")
-    with archive:
+    with open_npz(file) as archive:
         keys = list(archive.files)
         if key is None:
             if "images" in keys:
@@ -116,8 +142,12 @@ def load_npz(
                 )
         elif key not in keys:
             raise ValueError(f"{str(file)!r} has no array {key!r}; available keys: {keys}")
-        array = archive[key]
-        labels = archive["labels"] if "labels" in keys and key != "labels" else None
+        try:
+            array = archive[key]
+            labels = archive["labels"] if "labels" in keys and key != "labels" else None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            # a truncated archive, or an array of Python objects (pickles are refused)
+            raise ValueError(f"cannot read the array {key!r} of {str(file)!r}: {exc}") from None
 
     images = np.ascontiguousarray(_quantize(_to_nchw(array, layout), value_range))
     if len(images) == 0:

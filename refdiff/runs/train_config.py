@@ -134,6 +134,9 @@ class TrainConfig:
         Sources without a test split (image folders, ``.npz``): this fraction of the images,
         chosen by a seeded permutation, is held out for evaluation and never trained on. Digits
         and CIFAR-10 train on their train split and evaluate on their test split.
+    value_range : (lo, hi) or None
+        ``.npz`` files only: the range the stored values lie in (default: 0..255 for integers,
+        -1..1 for floats; see :func:`refdiff.data.load_npz`).
     flip : bool
         Random horizontal flips of training images (off for digits: a mirrored 2 is no digit).
 
@@ -192,6 +195,7 @@ class TrainConfig:
     data: str = "digits"
     image_size: int | None = None
     holdout_fraction: float = 0.05
+    value_range: tuple[float, float] | None = None
     flip: bool = False
     unet: UNetConfig = field(default_factory=lambda: preset("tiny"))
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(image_shape=(1, 8, 8)))
@@ -273,6 +277,16 @@ class TrainConfig:
             raise ValueError(f"ema_rate must lie in [0, 1), got {self.ema_rate!r}")
         if not _is_num(self.holdout_fraction) or not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction!r}")
+        if self.value_range is not None:
+            vr = self.value_range
+            if (
+                not isinstance(vr, (list, tuple))
+                or len(vr) != 2
+                or not all(_is_num(v) for v in vr)
+                or not vr[0] < vr[1]
+            ):
+                raise ValueError(f"value_range must be [lo, hi] with lo < hi, got {vr!r}")
+            object.__setattr__(self, "value_range", (float(vr[0]), float(vr[1])))
         if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
             raise ValueError(f"image_size must be a positive int or None, got {self.image_size!r}")
         if self.image_size is not None and self.image_size != self.unet.image_size:
@@ -323,6 +337,8 @@ class TrainConfig:
                 v = v.to_dict()
             elif f.name == "loss":
                 v = v.value
+            elif f.name == "value_range" and v is not None:
+                v = list(v)
             out[f.name] = v
         return out
 

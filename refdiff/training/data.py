@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import is_cifar10_source, load_dataset
+from ..data import has_test_split, load_dataset, split_holdout
 from ..runs.train_config import TrainConfig
 
 __all__ = ["DataOrder", "Purpose", "derive_seed", "load_training_data"]
@@ -22,7 +22,8 @@ __all__ = ["DataOrder", "Purpose", "derive_seed", "load_training_data"]
 class Purpose:
     """The independent random streams of a run, each seeded by ``derive_seed(seed, purpose)``."""
 
-    INIT, DATA, HOST, NOISE, DROPOUT, SAMPLES, HOLDOUT = range(1, 8)
+    # 7 was the hold-out permutation's: refdiff.data.split_holdout keeps that seed
+    INIT, DATA, HOST, NOISE, DROPOUT, SAMPLES = range(1, 7)
 
 
 def derive_seed(*words: int) -> int:
@@ -30,20 +31,17 @@ def derive_seed(*words: int) -> int:
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0])
 
 
-def _has_test_split(spec: str) -> bool:
-    return spec == "digits" or is_cifar10_source(spec)
-
-
 def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
     """``(train_uint8, heldout_uint8, name)`` for a config, checked against the U-Net's shape.
 
     Digits and CIFAR-10 use their train and test splits; other sources hold out
-    ``holdout_fraction`` of their images (a fixed permutation, the same for every seed).
+    ``holdout_fraction`` of their images (:func:`refdiff.data.split_holdout`: a fixed permutation,
+    the same for every seed and for ``refdiff eval --split test``).
     """
     spec = config.data
     c = config.unet.in_channels
     try:
-        if _has_test_split(spec):
+        if has_test_split(spec):
             train = load_dataset(spec, split="train")
             held = load_dataset(spec, split="test")
             name = train.name
@@ -54,17 +52,9 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, str
                 split="all",
                 image_size=config.image_size,
                 channels=c if c in (1, 3) else 3,
+                value_range=config.value_range,
             )
-            n = len(ds)
-            n_held = max(1, round(config.holdout_fraction * n))
-            if n - n_held < 1:
-                raise ValueError(
-                    f"{spec!r} holds {n} image(s): too few to hold {n_held} out for evaluation "
-                    "and train on the rest"
-                )
-            perm = np.random.default_rng(derive_seed(Purpose.HOLDOUT)).permutation(n)
-            held_u8 = ds.images[np.sort(perm[:n_held])]
-            train_u8 = ds.images[np.sort(perm[n_held:])]
+            train_u8, held_u8 = split_holdout(ds.images, config.holdout_fraction, source=repr(spec))
             name = ds.name
     except (ValueError, FileNotFoundError) as exc:
         raise type(exc)(f"cannot load the training data {spec!r}: {exc}") from exc
