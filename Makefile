@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 # PyTorch first, pinned to the local CPU build: an unpinned `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.refdiff-installed
-JOBS ?= 2
+# CPU threads of the demo (PyTorch and onnxruntime): the figures depend on it; 1 is as fast as 2
+# for the tiny model on an idle 2-core machine and does not collapse beside a busy process.
+THREADS ?= 1
 
 .PHONY: install test test-slow test-gpu lint demo bench clean
 
@@ -31,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check refdiff export tests benchmarks
 
 demo: $(STAMP)
-	$(VENV)/bin/refdiff demo --out runs/demo
+	$(VENV)/bin/refdiff demo --out runs/demo --threads $(THREADS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/core.py

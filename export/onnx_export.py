@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from refdiff._io import atomic_path, check_output_file, make_dir
 from refdiff._version import __version__
 from refdiff.onnx_contract import (
     INPUT_NAMES,
@@ -214,15 +215,7 @@ def export_onnx(
             f"export takes a float32 model, got parameters of dtype {sorted(map(str, floating))}; "
             "pass fp16=True for a float16 export of the float32 model"
         )
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"output path {str(path)!r} is a directory; give a file name like model.onnx"
-        )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist"
-        )
+    path = check_output_file(path, what="ONNX file")
     config = model_settings(model, model_config)
     _check_consistent(config, diffusion)
     nbytes = _model_bytes(model, fp16)
@@ -281,11 +274,8 @@ def export_onnx(
     size = proto.ByteSize()
     if size >= MAX_MODEL_BYTES:
         raise ValueError(f"the exported model is {size / 2**30:.2f} GiB; it must stay below 2 GiB")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    make_dir(path.parent)
+    with atomic_path(path, suffix=".onnx") as tmp:  # whole or not at all
         onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -24,6 +24,8 @@ import numpy as np
 __all__ = [
     "OutputError",
     "atomic_path",
+    "check_output_file",
+    "check_output_folder",
     "check_writable_folder",
     "current_umask",
     "describe_os_error",
@@ -86,7 +88,54 @@ def make_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def check_writable_folder(folder: str | os.PathLike[str]) -> None:
+def check_output_file(
+    path: str | os.PathLike[str], *, suffix: str | None = None, what: str = "output"
+) -> Path:
+    """Check, before any work, that a file can be written at ``path``; create nothing.
+
+    ``path`` must not be a folder (and end in ``suffix`` if given); its nearest existing ancestor
+    must be a folder in which a file can be created (probed with a temporary file, removed at
+    once: permission bits alone do not tell, as root or on a read-only mount); an existing file
+    must be writable. Missing folders are created only when the file is written. Problems are a
+    ``ValueError`` (the name) or an :class:`OutputError` (the file system), naming the path.
+    """
+    p = Path(path)
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise ValueError(f"the {what} must be a {suffix} file, got {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"the {what} {str(p)!r} is a folder; give a file name")
+    _check_creatable(p, what)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise OutputError(f"cannot write the {what} {str(p)!r}: the file is read-only")
+    return p
+
+
+def check_output_folder(path: str | os.PathLike[str], *, what: str = "output folder") -> Path:
+    """Check, before any work, that files can be written in the folder ``path`` (which may not
+    exist yet); create nothing. See :func:`check_output_file`."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"cannot use the {what} {str(p)!r}: it is a file, not a folder")
+    if p.is_dir():
+        check_writable_folder(p, what=f"the {what} {str(p)!r}")
+    else:
+        _check_creatable(p, what)
+    return p
+
+
+def _check_creatable(p: Path, what: str) -> None:
+    """The nearest existing ancestor of ``p`` must be a folder one can create files in."""
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(
+            f"cannot write the {what} {str(p)!r}: {str(ancestor)!r} is a file, not a folder"
+        )
+    check_writable_folder(ancestor, what=f"the {what} {str(p)!r}")
+
+
+def check_writable_folder(folder: str | os.PathLike[str], *, what: str | None = None) -> None:
     """Raise ``OutputError`` unless a file can be created in ``folder`` (which must exist).
 
     Probes with a temporary file: permission bits alone do not tell (root, read-only mounts).
@@ -95,7 +144,8 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX):
             pass
     except OSError as exc:
-        raise OutputError(describe_os_error(exc, folder, "write into the folder")) from None
+        message = describe_os_error(exc, folder, "write into the folder")
+        raise OutputError(message if what is None else f"cannot write {what}: {message}") from None
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ._deps import MissingDependency
+from ._io import OutputError, describe_os_error
 from ._version import __version__
 
 # subcommand -> module providing add_parser(subparsers)
@@ -53,9 +55,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: module (top level) -> the extra that installs it, for "No module named ..." errors
+EXTRAS = {
+    "torch": "torch",
+    "safetensors": "torch",
+    "onnx": "torch",
+    "onnxscript": "torch",
+    "onnxruntime": "onnx",
+    "PIL": "data",
+    "sklearn": "data",
+    "matplotlib": "eval",
+    "tqdm": "eval",
+    "diffusers": "diffusers",
+    "cupy": "cuda12] or [cuda13",
+}
+
+
+def missing_dependency_message(exc: ImportError) -> str:
+    """One line naming the missing package and the extra that installs it."""
+    if isinstance(exc, MissingDependency):
+        return str(exc)
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return str(exc)
+    return f'{top} is not installed: pip install "refdiff[{extra}]" ({exc})'
+
+
 def _unavailable(exc: ImportError) -> int:
-    print(f"refdiff: this command needs a missing package: {exc}", file=sys.stderr)
+    print(
+        f"refdiff: this command needs a missing package: {missing_dependency_message(exc)}",
+        file=sys.stderr,
+    )
     return 2
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``cannot write 'x': No space left on device`` for any OSError, on one line."""
+    if isinstance(exc, OutputError) or exc.filename is None:
+        return str(exc)
+    return describe_os_error(exc, exc.filename, "use")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,14 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prog = f"refdiff {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except ImportError as exc:  # an optional dependency of this command is missing
-        print(f"refdiff {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {missing_dependency_message(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder, a missing file
+        print(f"{prog}: error: {_os_error_message(exc)}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FloatingPointError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

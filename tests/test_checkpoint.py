@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from refdiff.training.checkpoint import (  # noqa: E402
     load_checkpoint,
     load_model,
 )
+from refdiff.training.step import TrainState  # noqa: E402
 from refdiff.training.trainer import Trainer  # noqa: E402
 
 
@@ -215,3 +217,70 @@ def test_resume_continues_bit_for_bit(tmp_path):
             assert torch.equal(p1, p2)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_first_logged_loss_after_a_crash_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """The losses since the last metrics line ride in the checkpoint: after a crash and a resume
+    the next line averages the same steps as the uninterrupted run's line."""
+    cfg = micro_config(steps=6, log_every=3, checkpoint_every=2)
+    run(cfg, tmp_path / "straight")
+
+    original = TrainState.train_step
+
+    def crash_at_step_5(self):
+        if self.step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self)
+
+    TrainState.train_step = crash_at_step_5
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(cfg, tmp_path / "crashed")
+    finally:
+        TrainState.train_step = original
+    run(cfg, tmp_path / "crashed", resume=True)
+
+    def lines(out: Path) -> list[tuple[int, float]]:
+        text = (out / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, text) if "loss" in r]
+
+    assert lines(tmp_path / "crashed") == lines(tmp_path / "straight")
+    assert [s for s, _ in lines(tmp_path / "straight")] == [3, 6]
+
+
+def test_checkpoint_comes_before_the_evaluation_and_the_samples(tmp_path):
+    """A crash in the end-of-run evaluation or sampling loses no steps."""
+    from refdiff.training.trainer import Trainer as T
+
+    cfg = micro_config(steps=3, checkpoint_every=0, eval_every=0, sample_every=0)
+    original = T.evaluate
+
+    def broken(self):
+        raise RuntimeError("evaluation crashed")
+
+    T.evaluate = broken
+    try:
+        with pytest.raises(RuntimeError, match="evaluation crashed"):
+            run(cfg, tmp_path / "run")
+    finally:
+        T.evaluate = original
+    assert [c.name for c in RunFolder(tmp_path / "run").checkpoints()] == ["ckpt-00000003"]
+
+
+def test_resume_needs_an_existing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing to resume: .*TYPO' holds no run"):
+        run(micro_config(), tmp_path / "TYPO", resume=True)
+    assert not (tmp_path / "TYPO").exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_checkpoint_folders_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        _, summary = run(micro_config(steps=2, checkpoint_every=0), tmp_path / "run")
+    finally:
+        os.umask(old)
+    ckpt = Path(summary["checkpoint"])
+    assert ckpt.stat().st_mode & 0o777 == mode
+    for f in ckpt.iterdir():
+        assert f.stat().st_mode & 0o777 == mode & 0o666, f

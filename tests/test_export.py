@@ -236,9 +236,11 @@ def test_export_refuses_bad_input(tmp_path, monkeypatch):
         export_onnx(model, fixed, out, model_config={})
     with pytest.raises(TypeError, match="float32 model"):
         export_onnx(tiny_model().double(), d, out)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        export_onnx(model, d, tmp_path / "missing" / "m.onnx")
-    with pytest.raises(ValueError, match="is a directory"):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match=r"cannot write the ONNX file .*is a file, not a folder"):
+        export_onnx(model, d, blocker / "m.onnx")
+    with pytest.raises(ValueError, match="is a folder"):
         export_onnx(model, d, tmp_path)
     monkeypatch.setattr(ox, "MAX_MODEL_BYTES", 1000)
     with pytest.raises(ValueError, match="below 2 GiB"):

@@ -380,17 +380,20 @@ def test_to_uint8():
 
 def test_check_output_path(tmp_path):
     png, npz = check_output_path(tmp_path / "new" / "dir" / "s.png")
-    assert png.parent.is_dir() and npz.name == "s.npz"
-    assert not any(p.name.startswith(".refdiff") for p in png.parent.iterdir())
-    with pytest.raises(ValueError, match=r"must be a .png path"):
+    assert (png.name, npz.name) == ("s.png", "s.npz")
+    assert list(tmp_path.iterdir()) == []  # checked, nothing created (no folder, no probe)
+    with pytest.raises(ValueError, match=r"must be a \.png file"):
         check_output_path(tmp_path / "s.jpg")
     (tmp_path / "d.png").mkdir()
-    with pytest.raises(ValueError, match="is a directory"):
+    with pytest.raises(ValueError, match="is a folder"):
         check_output_path(tmp_path / "d.png")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="cannot write the output"):
+    with pytest.raises(OSError, match=r"cannot write the output grid .*/file' is a file, not a"):
         check_output_path(blocker / "s.png")  # a file where a folder should be
+    if Path("/sys/kernel").is_dir():  # read-only even for root
+        with pytest.raises(OSError, match=r"cannot write the output grid .*/sys/kernel"):
+            check_output_path("/sys/kernel/new/s.png")
 
 
 # ---- `refdiff sample` -----------------------------------------------------------------------
@@ -464,9 +467,9 @@ def test_cli_sample_errors_before_sampling(tiny_onnx, tmp_path, monkeypatch):
         _sample([model, "--n", "2", "--shard", "0/3", "--out", out])
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="cannot write the output"):
+    with pytest.raises(OSError, match="cannot write the output grid"):
         _sample([model, "--out", str(blocker / "s.png")])
-    with pytest.raises(ValueError, match=r"must be a .png path"):
+    with pytest.raises(ValueError, match=r"must be a \.png file"):
         _sample([model, "--out", str(tmp_path / "s.gif")])
     with pytest.raises(FileNotFoundError, match=r"missing.onnx"):
         _sample([str(tmp_path / "missing.onnx"), "--out", out])

@@ -420,3 +420,39 @@ def test_image_folder_is_resized_and_split(tmp_path):
     cfg = micro(data=str(tmp_path / "imgs"), image_size=8, holdout_fraction=0.2)
     train, held, _ = load_training_data(cfg)
     assert train.shape == (8, 1, 8, 8) and held.shape == (2, 1, 8, 8)
+
+
+def test_a_schedule_flag_alone_completes_the_default_schedule(tmp_path, capsys):
+    """`--schedule cosine` or `--timesteps 500` alone, without a recipe to merge into."""
+    images = np.zeros((20, 1, 8, 8), np.uint8)
+    np.savez(tmp_path / "x.npz", images=images)
+    base = ["--data", str(tmp_path / "x.npz"), "--preset", "tiny", "--print-config"]
+    for flags, want in (
+        (["--schedule", "cosine"], {"name": "cosine", "params": {}, "T": 1000}),
+        (["--timesteps", "500"], {"name": "linear", "params": {}, "T": 500}),
+        (["--schedule", "cosine", "--timesteps", "40"], {"name": "cosine", "params": {}, "T": 40}),
+    ):
+        assert train_cli.run(parse([*base, *flags, "--out", str(tmp_path / "o")])) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["diffusion"]["schedule"] == want, flags
+
+
+def test_cli_lists_only_the_files_it_wrote(tmp_path, capsys):
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps(MICRO))
+    out = tmp_path / "run"
+    assert train_cli.run(parse(["--config", str(cfg), "--out", str(out), "--steps", "0"])) == 0
+    text = capsys.readouterr().out
+    assert (
+        "nothing to do" in text and "metrics" not in text and not (out / "metrics.jsonl").exists()
+    )
+    assert str(out / "config.json") in text and (out / "config.json").is_file()
+
+
+def test_cli_resume_of_a_missing_run_is_an_error(tmp_path, capsys):
+    from refdiff.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "TYPO"), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing to resume" in err and "TYPO" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "TYPO").exists()

@@ -24,9 +24,13 @@ __all__ = ["add_parser", "open_model", "read_samples", "run"]
 _EPILOG = """\
 examples:
   refdiff eval runs/demo/model.onnx --data digits
-  refdiff eval runs/demo/model.onnx --samples runs/demo/samples.npz --out runs/demo/eval.json
+  refdiff eval runs/demo/model.onnx --samples runs/demo/samples.npz --out report.json
+      runs/demo/samples.npz holds the demo's 256 samples (`refdiff sample` writes such files)
   refdiff eval runs/digits3k --n-images 0 --mc-draws 32        # a run folder: needs PyTorch
   refdiff eval model.onnx --no-full --mc-draws 64              # quick: Monte-Carlo estimate only
+  refdiff eval model.onnx --data images.npz --value-range 0,1  # your own images, floats in [0, 1]
+      an image folder or .npz file is scored on its held-out share (--holdout-fraction), the
+      images that `refdiff train` held out
 
 The full bound calls the model T times per batch of images; the Monte-Carlo estimate calls it
 --mc-draws times. Bits/dim are those of the 8-bit images under the model (lower is better); the
@@ -353,7 +357,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import write_json
+    from .._io import check_output_file, make_dir, write_json
     from ..data import load_dataset
     from ..evaluation import evaluate
 
@@ -362,6 +366,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate: --no-full together with --mc-draws 0")
     if args.plot_terms is not None and args.no_full:
         raise ValueError("--plot-terms needs the full bound; drop --no-full")
+    # where the results go, before the (long) evaluation; nothing is created yet
+    if args.out is not None:
+        check_output_file(args.out, suffix=".json", what="--out report")
+    if args.plot_terms is not None:
+        check_output_file(args.plot_terms, suffix=".png", what="--plot-terms plot")
     # Read every input before the long part, so a bad one fails fast.
     denoiser, diffusion, model_info = open_model(args.model, device=args.device)
     if "run_steps" in model_info and model_info["step"] < model_info["run_steps"]:
@@ -454,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
     _print_report(report)
     if args.out is not None:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(out.parent)
         write_json(out, report)
         print(f"\nwrote {out}")
     if args.plot_terms is not None:

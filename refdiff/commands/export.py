@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._io import check_output_file
+
 __all__ = ["add_parser", "run_check", "run_export"]
 
 EXPORT_EPILOG = """\
@@ -17,7 +19,7 @@ examples:
   refdiff export runs/digits --out model.onnx
       the latest checkpoint of the run folder runs/digits, EMA weights, float32; then checks the
       file against PyTorch and prints the parity table
-  refdiff export runs/digits/checkpoints/step-00010000 --out model-fp16.onnx --fp16
+  refdiff export runs/digits/checkpoints/ckpt-00002000 --out model-fp16.onnx --fp16
       a float16 model (half the size; float32 inputs, outputs and normalisations); the table
       then gives its error against the float32 PyTorch model
   refdiff sample model.onnx --n 64 --out samples.png
@@ -136,11 +138,7 @@ def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
 def run_export(args: argparse.Namespace) -> int:
     from ..export import ParityError, export_onnx, verify_onnx
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a directory; give a file name like model.onnx")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    out = check_output_file(args.out, what="--out file")  # before the (long) export
     model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
     weights = "raw" if args.no_ema else "EMA"
     print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)

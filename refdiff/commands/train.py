@@ -399,7 +399,8 @@ def _report(s: dict[str, Any], batch: int) -> None:
     out = Path(s["out"])
     print("files:")
     print(f"  config       {out / 'config.json'}")
-    print(f"  metrics      {s['metrics']}")
+    if Path(s["metrics"]).is_file():
+        print(f"  metrics      {s['metrics']}")
     if s.get("samples"):
         print(f"  samples      {s['samples']}")
     if s.get("checkpoint"):

@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw")
+#: The schedule a config gets when it names none (a partial one is completed from it).
+DEFAULT_SCHEDULE = {"name": "linear", "params": {}, "T": 1000}
 EVAL_METHODS = ("full", "mc")
 
 #: Keys that may change when a run is resumed: they decide how long to train and what to report,
@@ -370,11 +372,15 @@ class TrainConfig:
         else:
             unet = UNetConfig.from_dict(unet_d)
         diff_d.setdefault("image_shape", (unet.in_channels, unet.image_size, unet.image_size))
-        for key in ("schedule",):
-            if key in diff_d and isinstance(diff_d[key], Mapping):
-                sched = dict(diff_d[key])
-                sched.setdefault("params", {})
-                diff_d[key] = sched
+        if isinstance(diff_d.get("schedule"), Mapping):
+            # a partial description (--schedule cosine, or --timesteps 500 alone) is completed
+            # from the default schedule: linear, T = 1000
+            sched = dict(diff_d["schedule"])
+            sched.setdefault("name", DEFAULT_SCHEDULE["name"])
+            if sched["name"] != "custom":
+                sched.setdefault("T", DEFAULT_SCHEDULE["T"])
+            sched.setdefault("params", {})
+            diff_d["schedule"] = sched
         diffusion = Diffusion.from_dict(diff_d)
         if "grad_clip" in kw and kw["grad_clip"] == 0:
             kw["grad_clip"] = None

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from .._io import check_output_file, make_dir, write_npz
 from ..samplers import SAMPLERS, Callback
 from ..settings import Diffusion
 
@@ -266,31 +266,12 @@ def sample_images(
 def check_output_path(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Check, before any sampling, that the PNG and its .npz companion can be written.
 
-    Returns ``(png_path, npz_path)``. Creates missing parent folders and probes the folder with
-    a temporary file (permission bits alone do not tell, e.g. as root or on a read-only mount).
+    Returns ``(png_path, npz_path)``. Creates nothing: missing folders are created when the files
+    are written (:func:`save_samples`), so a command that fails before it produces anything
+    leaves nothing behind.
     """
-    png = Path(path)
-    if png.suffix.lower() != ".png":
-        raise ValueError(
-            f"the output must be a .png path (a grid; the .npz goes next to it), got {str(png)!r}"
-        )
-    npz = png.with_suffix(".npz")
-    for p in (png, npz):
-        if p.is_dir():
-            raise ValueError(f"output path {str(p)!r} is a directory")
-    parent = png.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".refdiff-write-test-"):
-            pass
-    except OSError as exc:
-        raise PermissionError(
-            f"cannot write the output {str(png)!r}: folder {str(parent)!r} is not writable "
-            f"({exc.strerror or exc})"
-        ) from None
-    for p in (png, npz):
-        if p.exists() and not os.access(p, os.W_OK):
-            raise PermissionError(f"cannot write the output {str(p)!r}: the file is read-only")
+    png = check_output_file(path, suffix=".png", what="output grid")
+    npz = check_output_file(png.with_suffix(".npz"), suffix=".npz", what="output")
     return png, npz
 
 
@@ -303,10 +284,12 @@ def save_samples(
     info: dict[str, Any] | None = None,
     nrow: int | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``images`` (uint8 [N, C, H, W]) as a PNG grid at ``path`` and an .npz next to it.
+    """Write ``images`` (uint8 [N, C, H, W]) as an .npz and a PNG grid at ``path`` (beside it).
 
     The .npz holds ``images``, their global ``indices``, the ``seed`` (uint64) and the scalar
     entries of ``info`` (sampler, steps, eta, n, ...), so shards can be merged and re-checked.
+    Each file is written whole or not at all (a temporary name in the same folder, flushed,
+    renamed); the .npz, which holds everything, is written first.
     """
     from ..images import save_grid
 
@@ -316,8 +299,9 @@ def save_samples(
         raise ValueError(
             f"need one index per image: {images.shape[0]} images, indices {indices.shape}"
         )
+    extra = {k: np.asarray(v) for k, v in (info or {}).items() if v is not None}
+    make_dir(png.parent)
+    write_npz(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
     h, w = images.shape[2:]
     save_grid(images, png, nrow=nrow, scale=max(1, 32 // max(h, w)))
-    extra = {k: np.asarray(v) for k, v in (info or {}).items() if v is not None}
-    np.savez(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
     return png, npz

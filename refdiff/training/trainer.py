@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from .._io import make_dir, write_text
+from .._io import check_output_folder, make_dir, write_text
 from ..data import from_model_range
 from ..evaluation.evaluate import evaluate
 from ..images import save_grid, save_strip
@@ -99,13 +99,19 @@ class Trainer:
 
         # The run folder is checked before the data are read: a wrong --out fails fast.
         existing = self._check_run_folder(resume)
+        if self.ctx.is_main:
+            check_output_folder(self.out, what="run folder")
         self.train_images, self.eval_images, self.data_name = load_training_data(cfg)
         ckpt = None
         if existing is not None:
             ckpt = load_checkpoint(existing)  # verifies every file before anything is applied
             check_same_config(ckpt.config, cfg, where=f"checkpoint {str(ckpt.path)!r}")
         self.state = TrainState(cfg, self.ctx, self.train_images, checkpoint=ckpt, log=self._log)
+        # the losses since the last metrics line, kept in checkpoints so that the first line
+        # after a resume averages the same steps as an uninterrupted run's
+        self._loss_window: list[float] = []
         if ckpt is not None:
+            self._loss_window = [float(v) for v in ckpt.extra.get("loss_window", [])]
             self._log(f"resumed from {ckpt.path} at step {ckpt.step}")
 
         if self.ctx.is_main:
@@ -121,6 +127,11 @@ class Trainer:
         """Refuse a folder holding another run; return the checkpoint to resume from, if any."""
         folder = self.folder
         if not folder.holds_run():
+            if resume:
+                raise FileNotFoundError(
+                    f"nothing to resume: {str(self.out)!r} holds no run (no config.json, no "
+                    "checkpoints/); check the path, or drop --resume to start a new run there"
+                )
             return None
         old_cfg = folder.read_config() if folder.config_file.is_file() else None
         diffs = {} if old_cfg is None else config_differences(old_cfg, self.config)
@@ -276,7 +287,11 @@ class Trainer:
             self.out,
             self.state.step,
             config=self.config,
-            extra={"data": self.data_name, "world_size": self.ctx.world_size},
+            extra={
+                "data": self.data_name,
+                "world_size": self.ctx.world_size,
+                "loss_window": list(self._loss_window),
+            },
             keep=self.config.keep_checkpoints,
             **self.state.checkpoint_contents(),
         )
@@ -309,9 +324,9 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.progress and main),
         )
-        window: list[float] = []
-        window_time = 0.0
-        n_window = 0
+        window = self._loss_window
+        window_time = 0.0  # the steps of this process timed since the last metrics line
+        n_timed = 0
         train_time = 0.0
         trained = 0
         last_eval: dict[str, float] = {}
@@ -323,12 +338,12 @@ class Trainer:
             train_time += dt
             trained += 1
             window.append(info["loss"])
-            n_window += 1
+            n_timed += 1
             window_time += dt
             bar.update(1)
             final = state.step == target
             if self._due(cfg.log_every, final):
-                ips = n_window * cfg.batch_size / window_time if window_time > 0 else math.nan
+                ips = n_timed * cfg.batch_size / window_time if window_time > 0 else math.nan
                 self._write_metrics(
                     {
                         "step": state.step,
@@ -339,7 +354,13 @@ class Trainer:
                     }
                 )
                 bar.set_postfix(loss=f"{np.mean(window):.4f}", img_s=f"{ips:.0f}")
-                window, n_window, window_time = [], 0, 0.0
+                window.clear()
+                n_timed, window_time = 0, 0.0
+            # the checkpoint first: a crash in the evaluation or the sampling loses no steps
+            if self._due(cfg.checkpoint_every, final):
+                if main:
+                    ckpt_path = self.save_checkpoint()
+                self.ctx.barrier()
             if self._due(cfg.eval_every, final):
                 last_eval = self.evaluate()
                 self._write_metrics({"step": state.step, **last_eval})
@@ -351,10 +372,6 @@ class Trainer:
             if self._due(cfg.sample_every, final):
                 if main:
                     sample_path = self.save_samples()
-                self.ctx.barrier()
-            if self._due(cfg.checkpoint_every, final):
-                if main:
-                    ckpt_path = self.save_checkpoint()
                 self.ctx.barrier()
         bar.close()
         summary.update(
