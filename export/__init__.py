@@ -7,7 +7,9 @@ importing the package (``refdiff export --help`` does) never imports torch.
 - :mod:`.onnx_export`: :func:`export_onnx`, one self-describing ``.onnx`` file (the contract is
   :mod:`refdiff.onnx_contract`; docs/onnx.md explains it);
 - :mod:`.parity`: :func:`verify_onnx`, onnxruntime against PyTorch, a :class:`ParityReport`,
-  :class:`ParityError`.
+  :class:`ParityError`;
+- :mod:`.diffusers`: :func:`load_diffusers`, a diffusers pipeline or UNet folder as a denoiser
+  module and its settings (needs the ``diffusers`` extra).
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .diffusers import DiffusersDenoiser, LoadedDiffusers, load_diffusers, wrap_unet
     from .onnx_export import MAX_MODEL_BYTES, export_onnx
     from .parity import DEFAULT_TOLERANCES, ParityCase, ParityError, ParityReport, verify_onnx
 
 _EXPORTS = {
+    "DiffusersDenoiser": "diffusers",
+    "LoadedDiffusers": "diffusers",
+    "load_diffusers": "diffusers",
+    "wrap_unet": "diffusers",
     "MAX_MODEL_BYTES": "onnx_export",
     "export_onnx": "onnx_export",
     "DEFAULT_TOLERANCES": "parity",
@@ -32,11 +39,15 @@ _EXPORTS = {
 __all__ = [
     "DEFAULT_TOLERANCES",
     "MAX_MODEL_BYTES",
+    "DiffusersDenoiser",
+    "LoadedDiffusers",
     "ParityCase",
     "ParityError",
     "ParityReport",
     "export_onnx",
+    "load_diffusers",
     "verify_onnx",
+    "wrap_unet",
 ]
 
 

@@ -58,19 +58,34 @@ MIN_OPSET = 18
 class _Float16Model(nn.Module):
     """A float16 copy of a model behind float32 inputs and outputs.
 
-    GroupNorm32 layers (refdiff's U-Net normalises in float32 whatever its input dtype) keep
-    float32 affine parameters; the U-Net already computes its timestep embedding and attention
-    softmax in float32.
+    Group normalisation stays float32, statistics and affine parameters (never rounded to
+    float16): refdiff's GroupNorm32 layers normalise in float32 whatever their input dtype, and
+    plain ``nn.GroupNorm`` layers (a diffusers UNet's) are replaced by GroupNorm32 copies.
+    refdiff's U-Net already computes its timestep embedding and attention softmax in float32.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         from refdiff.nn.unet import GroupNorm32
 
-        self.inner = copy.deepcopy(model).half()
-        for module in self.inner.modules():
-            if isinstance(module, GroupNorm32):
-                module.float()
+        self.inner = copy.deepcopy(model)
+        for parent in list(self.inner.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.GroupNorm:
+                    norm = GroupNorm32(
+                        child.num_groups, child.num_channels, child.eps, child.affine
+                    )
+                    norm.load_state_dict(child.state_dict())
+                    setattr(parent, name, norm)
+        keep = {
+            id(t)
+            for m in self.inner.modules()
+            if isinstance(m, GroupNorm32)
+            for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+        }
+        for t in [*self.inner.parameters(), *self.inner.buffers()]:
+            if t.is_floating_point() and id(t) not in keep:
+                t.data = t.data.half()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.inner(x.to(torch.float16), t).to(torch.float32)

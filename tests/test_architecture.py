@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("_formulas", "forward"),
     ("reverse", "losses"),
     ("bound", "samplers", "oracle", "fused"),
-    ("settings", "timestep_sampling", "baseline", "images", "plots"),
+    ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
     ("onnx_contract", "runs"),
     ("runtime", "evaluation", "nn"),
     ("training", "export"),

@@ -22,6 +22,10 @@ examples:
   refdiff export runs/digits/checkpoints/ckpt-00002000 --out model-fp16.onnx --fp16
       a float16 model (half the size; float32 inputs, outputs and normalisations); the table
       then gives its error against the float32 PyTorch model
+  refdiff export ddpm-cifar10 --out cifar10.onnx
+      a diffusers DDPMPipeline or DDIMPipeline folder (model_index.json, unet/, scheduler/), or
+      a UNet2DModel folder with scheduler_config.json beside it: the scheduler config becomes
+      the file's diffusion settings (pip install "refdiff[diffusers]"; docs/diffusers.md)
   refdiff sample model.onnx --n 64 --out samples.png
       what to do next: sample from it, no PyTorch needed
 
@@ -36,6 +40,8 @@ examples:
       error per case; exit 1 if any case is above tolerance or the file does not match
   refdiff check model-fp16.onnx runs/digits --atol 0.05 --rtol 0.05
       looser tolerances (defaults: 1e-4 for float32 files, 2e-2 for float16 ones)
+  refdiff check cifar10.onnx ddpm-cifar10
+      a file exported from a diffusers folder, against that folder's UNet
 """
 
 
@@ -67,7 +73,8 @@ def add_parser(subparsers: Any) -> None:
         "export",
         help="export a trained checkpoint to one ONNX file, then check it against PyTorch",
         description=(
-            "Export the denoiser of a checkpoint (EMA weights by default) to ONNX: inputs x "
+            "Export the denoiser of a checkpoint (EMA weights by default), or of a diffusers "
+            "DDPM/DDIM pipeline folder, to ONNX: inputs x "
             "[B,C,H,W] float32 and t [B] int64, output model_output, dynamic batch, weights in "
             "the file, the diffusion settings in its metadata. The file then goes through "
             "onnx.checker and an onnxruntime-vs-PyTorch parity check. Needs refdiff[torch] and "
@@ -76,7 +83,11 @@ def add_parser(subparsers: Any) -> None:
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    e.add_argument(
+        "checkpoint",
+        help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
+        "pipeline or UNet folder",
+    )
     e.add_argument(
         "--out", default="model.onnx", help="the .onnx file to write (default: model.onnx)"
     )
@@ -105,7 +116,11 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("model", help="the .onnx file")
-    c.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    c.add_argument(
+        "checkpoint",
+        help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
+        "pipeline or UNet folder",
+    )
     c.add_argument(
         "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
     )
@@ -122,7 +137,25 @@ def add_parser(subparsers: Any) -> None:
     c.set_defaults(func=run_check)
 
 
+def _load_diffusers(path: str, ema: bool) -> tuple[Any, Any]:
+    if not ema:
+        raise ValueError(
+            f"--no-ema applies to refdiff checkpoints; the diffusers folder {path!r} holds one "
+            "set of weights"
+        )
+    from ..export.diffusers import load_diffusers
+
+    loaded = load_diffusers(path, warn=False)
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return loaded.model, loaded.diffusion
+
+
 def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
+    from ..diffusers_config import is_diffusers_folder
+
+    if is_diffusers_folder(checkpoint):
+        return _load_diffusers(checkpoint, ema)
     try:
         from refdiff.training.checkpoint import load_model
     except ImportError as exc:
@@ -136,11 +169,14 @@ def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..diffusers_config import is_diffusers_folder
     from ..export import ParityError, export_onnx, verify_onnx
 
     out = check_output_file(args.out, what="--out file")  # before the (long) export
     model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
     weights = "raw" if args.no_ema else "EMA"
+    if is_diffusers_folder(args.checkpoint):
+        weights = "diffusers UNet2DModel"
     print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
     export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16)
     size = out.stat().st_size / 2**20
