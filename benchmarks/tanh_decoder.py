@@ -37,9 +37,7 @@ def tanh_decoder(x: np.ndarray, means: np.ndarray, log_scales: np.ndarray) -> np
     log_cdf_plus = np.log(np.maximum(cdf_plus, CLAMP))
     log_one_minus_cdf_min = np.log(np.maximum(1.0 - cdf_min, CLAMP))
     log_delta = np.log(np.maximum(cdf_plus - cdf_min, CLAMP))
-    return np.where(
-        x < -0.999, log_cdf_plus, np.where(x > 0.999, log_one_minus_cdf_min, log_delta)
-    )
+    return np.where(x < -0.999, log_cdf_plus, np.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
 def main() -> None:

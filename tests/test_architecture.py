@@ -5,7 +5,6 @@ base install is the core's."""
 from __future__ import annotations
 
 import ast
-import sys
 from pathlib import Path
 
 import pytest
@@ -164,35 +163,25 @@ def test_base_install_is_the_core():
         assert any(heavy in " ".join(v) for v in extras.values()), heavy
 
 
-BLOCKER = """
-import importlib.abc, sys
-BLOCKED = {blocked!r}
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
-sys.meta_path.insert(0, _Block())
-"""
-
-
 def test_core_runs_without_the_extras(tmp_path):
     """The core, the settings and the readers' package import and run with none of the extras;
     a reader that needs one says which extra installs it."""
-    import subprocess
+    from blocking import run_blocked
 
     blocked = ["torch", "matplotlib", "sklearn", "PIL", "tqdm", "onnxruntime", "safetensors"]
-    code = BLOCKER.format(blocked=blocked) + (
-        "import numpy as np, refdiff as rd, refdiff.data, refdiff.runs\n"
-        "d = rd.Diffusion(rd.get_schedule('cosine', 20), prediction='v', image_shape=(1, 4, 4))\n"
-        "x = d.sample(lambda x, t: 0.1 * x, 2, sampler='ddim', steps=5)\n"
-        "assert np.isfinite(x).all()\n"
-        "try:\n"
-        "    refdiff.data.load_digits()\n"
-        "except ImportError as e:\n"
-        "    print(e)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    proc = run_blocked(
+        """
+        import numpy as np, refdiff as rd, refdiff.data, refdiff.runs
+        d = rd.Diffusion(rd.get_schedule("cosine", 20), prediction="v", image_shape=(1, 4, 4))
+        x = d.sample(lambda x, t: 0.1 * x, 2, sampler="ddim", steps=5)
+        assert np.isfinite(x).all() and not BLOCKED_ATTEMPTS, BLOCKED_ATTEMPTS
+        try:
+            refdiff.data.load_digits()
+        except ImportError as e:
+            print(e)
+        """,
+        tmp_path,
+        blocked,
     )
     assert proc.returncode == 0, proc.stderr
     assert 'needs scikit-learn, which is not installed: pip install "refdiff[data]"' in proc.stdout

@@ -28,6 +28,7 @@ pytest.importorskip("onnxruntime")
 
 import array_api_compat.numpy as npx  # noqa: E402
 import diffusers.schedulers.scheduling_ddpm as diffusers_ddpm  # noqa: E402
+from blocking import run_blocked_json  # noqa: E402
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 from refdiff.export import (  # noqa: E402
     DiffusersDenoiser,
@@ -634,15 +635,13 @@ def test_squaredcos_cap_v2_is_refdiffs_cosine():
 
 
 def test_sample_and_eval_of_a_diffusers_export_run_without_torch(exported, tmp_path):
-    from test_no_torch import _run_blocked
-
     from refdiff.runtime import sample_images
 
     _, path = exported["fixed"]
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "images.npz", images=rng.integers(0, 256, (6, *SHAPE), dtype=np.uint8))
     want = sample_images(OnnxDenoiser(path), 3, sampler="ddim", steps=5, seed=4, progress=False)
-    result = _run_blocked(
+    result = run_blocked_json(
         f"""
         import json, sys
         import numpy as np
@@ -658,7 +657,7 @@ def test_sample_and_eval_of_a_diffusers_export_run_without_torch(exported, tmp_p
             "evaluated": evaluated,
             "bpd": json.load(open("eval.json"))["bits_per_dim"]["bpd_mc"],
             "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
-            "attempts": TORCH_ATTEMPTS,
+            "attempts": BLOCKED_ATTEMPTS,
         }}))
         """,
         tmp_path,

@@ -10,15 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
-import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
+from blocking import run_blocked
 
 import refdiff as rd
 from refdiff import Diffusion, GaussianMixture, toy_mixture
@@ -466,25 +464,20 @@ def test_eval_onnx_model_end_to_end(onnx_model, tmp_path, capsys, digits):
 def test_eval_onnx_without_torch(onnx_model, tmp_path):
     """The ONNX path never imports torch: run `refdiff eval` where `import torch` fails (and
     import the classifier and the plots there too)."""
-    code = textwrap.dedent(
+    proc = run_blocked(
         f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
-        sys.meta_path.insert(0, Block())
+        import sys
         import refdiff.cli
         from refdiff.cli import main
         refdiff.cli.COMMANDS = {{"eval": "refdiff.commands.eval"}}
         rc = main(["eval", {str(onnx_model)!r}, "--n-images", "4", "--mc-draws", "2",
                    "--no-progress", "--out", {str(tmp_path / "r.json")!r}])
         import refdiff.evaluation.classifier, refdiff.plots  # torch-free too
-        assert "torch" not in sys.modules
+        assert "torch" not in sys.modules and not BLOCKED_ATTEMPTS, BLOCKED_ATTEMPTS
         sys.exit(rc)
-        """
+        """,
+        tmp_path,
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["bits_per_dim"]["bpd_full"] > 0
 

@@ -9,47 +9,17 @@ reports what it saw. The model is exported in this (parent) process.
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from blocking import run_blocked_json
 from tiny_model import shared_export
 
 pytest.importorskip("onnxruntime")
 
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    TORCH_ATTEMPTS = []
-
-    class _BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                TORCH_ATTEMPTS.append(name)
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-            return None
-
-    sys.meta_path.insert(0, _BlockTorch())
-    """
-)
-
-
-def _run_blocked(body: str, cwd: Path) -> dict:
-    """Run ``body`` with torch blocked; it must print one JSON line last."""
-    code = BLOCK_TORCH + textwrap.dedent(body)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-    assert proc.returncode == 0, f"child failed:\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def test_core_works_without_torch(tmp_path):
-    result = _run_blocked(
+    result = run_blocked_json(
         """
         import json, sys
         try:
@@ -57,7 +27,7 @@ def test_core_works_without_torch(tmp_path):
             blocked = False
         except ImportError:
             blocked = True
-        TORCH_ATTEMPTS.clear()
+        BLOCKED_ATTEMPTS.clear()
         import numpy as np
         import refdiff
         from refdiff import ddim_sample, ddpm_sample, get_schedule, q_sample, standard_normal
@@ -73,7 +43,7 @@ def test_core_works_without_torch(tmp_path):
             "blocked": blocked,
             "finite": bool(np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(xt).all()),
             "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
-            "attempts": TORCH_ATTEMPTS,
+            "attempts": BLOCKED_ATTEMPTS,
         }))
         """,
         tmp_path,
@@ -101,7 +71,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
         _importable(m)
         for m in ("refdiff.commands.demo", "refdiff.commands.train", "refdiff.commands.eval")
     )
-    result = _run_blocked(
+    result = run_blocked_json(
         f"""
         import argparse, json, sys
         import numpy as np
@@ -131,7 +101,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
             "cli_indices": cli["indices"].tolist(),
             "main_code": main_code,
             "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
-            "attempts": TORCH_ATTEMPTS,
+            "attempts": BLOCKED_ATTEMPTS,
         }}))
         """,
         tmp_path,
@@ -161,7 +131,7 @@ def test_run_folder_settings_load_without_torch(tmp_path):
         for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
     }
     write_checkpoint_folder(run.path, 7, {"step": 7, "config": config.to_dict()}, blobs)
-    result = _run_blocked(
+    result = run_blocked_json(
         f"""
         import json, sys
         from refdiff.runs import RunFolder, find_checkpoint, read_run_config

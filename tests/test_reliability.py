@@ -22,6 +22,7 @@ from refdiff.cli import main
 
 pytest.importorskip("onnxruntime")
 
+from blocking import blocker
 from tiny_model import shared_export
 
 
@@ -197,16 +198,7 @@ def test_kill_during_the_writes_leaves_each_file_whole_or_absent(model, tmp_path
 
 def test_missing_torch_names_the_extra(tmp_path):
     """Without torch, `train`, `export`, `check` and `demo` said only "No module named 'torch'"."""
-    block = (
-        "import importlib.abc, sys\n"
-        "class B(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, B())\n"
-        "from refdiff.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
+    main_code = "import sys\nfrom refdiff.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     (tmp_path / "m.onnx").write_bytes(b"x")
     for argv in (
         ["train", "--out", str(tmp_path / "r"), "--steps", "1"],
@@ -215,7 +207,10 @@ def test_missing_torch_names_the_extra(tmp_path):
         ["demo", "--out", str(tmp_path / "d")],
     ):
         proc = subprocess.run(
-            [sys.executable, "-c", block, *argv], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", blocker(["torch"]) + main_code, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (argv, proc.stderr)
