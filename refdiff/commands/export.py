@@ -156,13 +156,8 @@ def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
 
     if is_diffusers_folder(checkpoint):
         return _load_diffusers(checkpoint, ema)
-    try:
-        from refdiff.training.checkpoint import load_model
-    except ImportError as exc:
-        raise ImportError(
-            f"loading a checkpoint needs PyTorch and refdiff's trainer: pip install "
-            f"'refdiff[torch]' ({exc})"
-        ) from exc
+    from ..training.checkpoint import load_model  # a missing torch: the CLI names the extra
+
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
     return load_model(checkpoint, ema=ema)
