@@ -1,5 +1,7 @@
 """Samplers over a denoiser callable: ancestral DDPM (Ho et al. Algorithm 2) and DDIM with η
-(Song et al. 2021, eq. 12), on full or respaced schedules.
+(Song et al. 2021, eq. 12), on full or respaced schedules, and the dispatcher :func:`sample` over
+:data:`SAMPLERS`, which also holds the ODE and multistep solvers of :mod:`refdiff.solvers`
+(Euler, Heun, DPM-Solver++ 2M, 3M and 2M SDE).
 
 All samplers share one signature (DDIM adds ``eta``). Noise comes from :func:`refdiff.noise.standard_normal`, so every
 sample is a function of (seed, sample index) only: the same whether drawn alone or in a batch, on
@@ -22,6 +24,13 @@ from ._enums import Prediction, Variance
 from .noise import PRIOR_STEP
 from .reverse import check_denoiser_output
 from .sampler_loop import Callback, FiniteWatch, SamplerRun, check_zero_terminal_snr
+from .solvers import (
+    dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
+    dpmpp_3m_sample,
+    euler_sample,
+    heun_sample,
+)
 
 __all__ = ["SAMPLERS", "Callback", "ddim_sample", "ddpm_sample", "sample"]
 
@@ -236,11 +245,21 @@ def _model_posterior(schedule, denoiser, tmap, prediction, variance, clip_denois
     return posterior
 
 
-SAMPLERS: dict[str, Callable[..., Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+#: Every sampler by name, all with the shared signature: the ancestral ones here, the ODE and
+#: multistep solvers of :mod:`refdiff.solvers`.
+SAMPLERS: dict[str, Callable[..., Array]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "euler": euler_sample,
+    "heun": heun_sample,
+    "dpmpp_2m": dpmpp_2m_sample,
+    "dpmpp_3m": dpmpp_3m_sample,
+    "dpmpp_2m_sde": dpmpp_2m_sde_sample,
+}
 
 
 def sample(name: str, *args: Any, **kwargs: Any) -> Array:
-    """Run the sampler called ``name`` (``"ddpm"`` or ``"ddim"``) with the shared signature."""
+    """Run the sampler called ``name`` (one of :data:`SAMPLERS`) with the shared signature."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
     return SAMPLERS[name](*args, **kwargs)

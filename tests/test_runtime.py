@@ -349,7 +349,7 @@ def test_shard_helpers():
         ({"n": 2.5}, TypeError, "must be an int"),
         ({"steps": 51}, ValueError, "51 steps: the model was trained with T = 50"),
         ({"steps": 0}, ValueError, "steps must be an int >= 1"),
-        ({"sampler": "euler"}, ValueError, "unknown sampler 'euler'"),
+        ({"sampler": "langevin"}, ValueError, "unknown sampler 'langevin'"),
         ({"shard": "2/2"}, ValueError, r"shard index K must be in \[0, 1\]"),
         ({"shard": "1of2"}, ValueError, "shard must look like K/N"),
         ({"eta": 0.5}, ValueError, "eta applies to the 'ddim' sampler only"),
