@@ -29,18 +29,15 @@ ALL_NEW = (*SOLVERS, "dpmpp_2m_sde")
 _LOG_SNR = np.linspace(8.0, -12.0, 4001)
 _ACP = 1.0 / (1.0 + np.exp(-_LOG_SNR))
 FINE = Schedule(1.0 - _ACP / np.append(1.0, _ACP[:-1]))
-M, S = 0.3, 1.0  # data N(M, S² I)
-GAUSS = GaussianMixture.gaussian(np.full(4, M), S)
+GAUSS = GaussianMixture.gaussian(np.full(4, 0.3), 1.0)  # data N(0.3, I)
 
 
 def _exact_solution(x_T: np.ndarray, schedule: Schedule) -> np.ndarray:
-    """Where the probability-flow ODE takes x_T, then the exact x̂_0 there (every solver's last step
-    into σ = 0 is x̂_0 at index 0). The ODE keeps z = (x_t - √ᾱ_t m) / √(ᾱ_t s² + 1 - ᾱ_t)."""
-    a_T, a_0 = schedule.alphas_cumprod[-1], schedule.alphas_cumprod[0]
-    z = (x_T - math.sqrt(a_T) * M) / math.sqrt(a_T * S**2 + 1 - a_T)
-    v_0 = a_0 * S**2 + 1 - a_0
-    x_0 = math.sqrt(a_0) * M + z * math.sqrt(v_0)
-    return M + math.sqrt(a_0) * S**2 * (x_0 - math.sqrt(a_0) * M) / v_0
+    """Where the probability-flow ODE takes x_T at the last index to index 0 (closed form), then
+    the exact x̂_0 there: every solver's last step, into σ = 0, returns x̂_0 at index 0."""
+    acp = schedule.alphas_cumprod
+    x_0 = GAUSS.probability_flow(x_T, acp[-1], acp[0])
+    return GAUSS.predict(schedule, x_0, np.zeros(len(x_0), dtype=np.int64), "x0")
 
 
 def _error(sampler: str, steps: int, spacing: str = "karras") -> float:
