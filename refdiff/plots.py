@@ -311,9 +311,9 @@ def plot_quality_vs_calls(
     tolerance: float = 0.10,
     title: str | None = None,
 ) -> Path:
-    """Sample quality against the price of a sample: Fréchet distance (top, log-log) and the
-    classifier's mean confidence (bottom) against the number of network calls (log x), one line
-    per sampler.
+    """Sample quality against the price of a sample: Fréchet distance (top, log-log; error bars
+    ``fd_std`` where the rows have it) and the classifier's mean confidence (bottom) against the
+    number of network calls (log x), one line per sampler.
 
     Parameters
     ----------
@@ -340,7 +340,17 @@ def plot_quality_vs_calls(
     for label, runs in labels.items():
         runs = sorted(runs, key=lambda r: r["calls"])
         calls = [r["calls"] for r in runs]
-        ax_fd.plot(calls, [r["fd"] for r in runs], "o-", lw=1.5, ms=4, label=label)
+        spread = [r.get("fd_std", 0.0) for r in runs]
+        ax_fd.errorbar(
+            calls,
+            [r["fd"] for r in runs],
+            yerr=spread,
+            fmt="o-",
+            lw=1.5,
+            ms=4,
+            capsize=2,
+            label=label,
+        )
         ax_conf.plot(calls, [r["confidence"] for r in runs], "o-", lw=1.5, ms=4, label=label)
     ref = [r for r in rows if reference and (r["sampler"], r["calls"]) == tuple(reference)]
     if ref:

@@ -616,6 +616,14 @@ def test_quality_vs_steps_counts_calls_and_pairs_the_runs(digits):
     # the batch size bounds memory only: the same samples, the same scores
     again = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), batch_size=24, **kw)
     assert again[0]["fd"] == pytest.approx(rows[1]["fd"], rel=1e-9)
+    # repeats: the mean over seeds seed, seed + 1
+    two = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), repeats=2, **kw)
+    other = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), **{**kw, "seed": 2})
+    assert two[0]["fd"] == pytest.approx((rows[1]["fd"] + other[0]["fd"]) / 2, rel=1e-9)
+    assert two[0]["fd_std"] == pytest.approx(abs(rows[1]["fd"] - other[0]["fd"]) / 2**0.5)
+    assert two[0]["repeats"] == 2 and rows[0]["fd_std"] == 0.0
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        quality_vs_steps(den, d, ["dpmpp_2m"], (5,), repeats=0, **kw)
     karras = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), spacing={"dpmpp_2m": "karras"}, **kw)
     assert karras[0]["spacing"] == "karras" and karras[0]["fd"] != rows[1]["fd"]
     with pytest.raises(ValueError, match="25 steps of 'ddim', more than the model's T = 20"):

@@ -76,6 +76,7 @@ def quality_vs_steps(
     train: Any,
     test: Any,
     spacing: str | Mapping[str, str] = "even",
+    repeats: int = 1,
     batch_size: int = 500,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -94,12 +95,16 @@ def quality_vs_steps(
         Budgets of network calls; each must allow at most T steps.
     n, seed : int
         Samples per run and the noise seed: sample i starts from the same x_T in every run.
+    repeats : int
+        Runs per (sampler, budget), with seeds ``seed``, ``seed + 1``, …: the scores are their
+        means and ``fd_std`` the spread of the Fréchet distance between them. On the digits a
+        run of 1000 samples has a Fréchet distance within about ±25 % of its mean
+        (docs/samplers.md), so a comparison at the 10 % level needs several.
     train, test : numpy.ndarray or ImageDataset
         The digits' training and held-out splits (:func:`digits_sample_quality`).
     spacing : str or mapping
         The step spacing (:func:`refdiff.select_timesteps`) of every sampler, or per sampler
-        (``even`` for a sampler the mapping does not name). On the digits model ``even`` is as
-        good as ``logsnr`` and ``karras`` from 10 calls on and better at 5 (docs/samplers.md).
+        (``even`` for a sampler the mapping does not name).
     batch_size : int
         Samples per denoiser call (memory only: the samples do not depend on it).
     progress : callable, optional
@@ -110,8 +115,9 @@ def quality_vs_steps(
     list of dict
         One row per (sampler, budget), in that order: ``sampler``, ``spacing``, ``budget``,
         ``steps``, ``calls`` (the network calls one sample's run made, counted: the budget, or
-        one less for Heun at an even budget), ``fd``, ``fd_relative``,
-        ``fd_floor``, ``fd_ceiling``, ``confidence``, ``class_coverage``, ``seconds``.
+        one less for Heun at an even budget), ``n``, ``repeats``, the means over the repeats of
+        ``fd``, ``fd_relative``, ``fd_floor``, ``fd_ceiling``, ``confidence`` and
+        ``class_coverage``, ``fd_std`` and ``seconds``.
     """
     budgets = sorted({int(c) for c in calls})
     for name in samplers:
@@ -119,8 +125,9 @@ def quality_vs_steps(
             raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an int >= 2 (a Fréchet distance needs 2 samples), got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    for what, value in (("batch_size", batch_size), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be an int >= 1, got {value!r}")
     spacings = _spacings(samplers, spacing)
     T = diffusion.num_timesteps
     counted = _CountedCalls(denoiser, diffusion)
@@ -133,39 +140,50 @@ def quality_vs_steps(
                     f"a budget of {budget} network calls is {steps} steps of {name!r}, more than "
                     f"the model's T = {T}"
                 )
-            counted.calls = 0
             t0 = time.perf_counter()
-            floats = sample_array(
-                counted,
-                n,
-                sampler=name,
-                steps=steps,
-                spacing=spacings[name],
-                seed=seed,
-                batch_size=batch_size,
-                progress=False,
-            )
-            seconds = time.perf_counter() - t0
-            images = to_uint8(floats, diffusion.data_range)
-            q = digits_sample_quality(images, train=train, test=test, seed=seed)
+            runs = [
+                _score_run(
+                    counted, name, steps, spacings[name], n, seed + r, batch_size, train, test
+                )
+                for r in range(repeats)
+            ]
             row = {
                 "sampler": name,
                 "spacing": spacings[name],
                 "budget": budget,
                 "steps": steps,
-                "calls": counted.calls // math.ceil(n / batch_size),
-                "fd": q["fd"],
-                "fd_relative": q["fd_relative"],
-                "fd_floor": q["fd_floor"],
-                "fd_ceiling": q["fd_ceiling"],
-                "confidence": q["confidence"],
-                "class_coverage": q["class_coverage"],
-                "seconds": seconds,
+                "calls": runs[0]["calls"],
+                "n": n,
+                "repeats": repeats,
+                **{key: float(np.mean([q[key] for q in runs])) for key in _SCORES},
+                "fd_std": float(np.std([q["fd"] for q in runs], ddof=1)) if repeats > 1 else 0.0,
+                "seconds": time.perf_counter() - t0,
             }
             rows.append(row)
             if progress is not None:
                 progress(row)
     return rows
+
+
+_SCORES = ("fd", "fd_relative", "fd_floor", "fd_ceiling", "confidence", "class_coverage")
+
+
+def _score_run(counted, name, steps, spacing, n, seed, batch_size, train, test) -> dict[str, Any]:
+    """One run of ``n`` samples scored with the digits measures, and its calls per sample."""
+    counted.calls = 0
+    floats = sample_array(
+        counted,
+        n,
+        sampler=name,
+        steps=steps,
+        spacing=spacing,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+    )
+    images = to_uint8(floats, counted.diffusion.data_range)
+    q = digits_sample_quality(images, train=train, test=test, seed=seed)
+    return {"calls": counted.calls // math.ceil(n / batch_size), **{k: q[k] for k in _SCORES}}
 
 
 def _spacings(samplers: Sequence[str], spacing: str | Mapping[str, str]) -> dict[str, str]:
