@@ -68,8 +68,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=(
             "ddpm: ancestral sampling (Ho et al.); ddim: DDIM with --eta; euler, heun: the "
             "probability-flow ODE (Karras et al.; heun calls the model 2 x steps - 1 times); "
-            "dpmpp_2m, dpmpp_3m, dpmpp_2m_sde: DPM-Solver++ (Lu et al.), good images in 10 to 25 "
-            "steps (default: ddpm)"
+            "dpmpp_2m, dpmpp_3m, dpmpp_2m_sde: DPM-Solver++ (Lu et al.), on the digits model as "
+            "good in 10 steps as ddpm in 200 (docs/samplers.md) (default: ddpm)"
         ),
     )
     p.add_argument(
