@@ -9,6 +9,7 @@ functions take the schedule and the settings as explicit arguments (the validati
 from __future__ import annotations
 
 from ._array import Timesteps
+from ._enums import Spacing
 from ._version import __version__
 from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
 from .forward import (
@@ -53,9 +54,18 @@ from .schedules import (
     get_schedule,
     make_betas,
     rescale_zero_terminal_snr,
+    select_timesteps,
     space_timesteps,
 )
 from .settings import Diffusion
+from .solvers import (
+    dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
+    dpmpp_3m_sample,
+    euler_sample,
+    heun_sample,
+    network_calls,
+)
 
 __all__ = [
     "SAMPLERS",
@@ -72,6 +82,7 @@ __all__ = [
     "PMeanVariance",
     "Prediction",
     "Schedule",
+    "Spacing",
     "Timesteps",
     "Variance",
     "__version__",
@@ -79,11 +90,17 @@ __all__ = [
     "ddim_sample",
     "ddpm_sample",
     "discretized_gaussian_log_likelihood",
+    "dpmpp_2m_sample",
+    "dpmpp_2m_sde_sample",
+    "dpmpp_3m_sample",
     "eps_from_v",
     "eps_from_x0",
+    "euler_sample",
     "get_schedule",
+    "heun_sample",
     "make_betas",
     "mean_flat",
+    "network_calls",
     "normal_kl",
     "p_mean_variance",
     "prior_kl",
@@ -95,6 +112,7 @@ __all__ = [
     "q_step_sample",
     "rescale_zero_terminal_snr",
     "sample",
+    "select_timesteps",
     "space_timesteps",
     "standard_normal",
     "sum_flat",

@@ -1,5 +1,5 @@
 """The core's enums: what the denoiser predicts, how the reverse variance is chosen, the decoder
-of L_0 and the training loss; each a string-valued :class:`Choice` parsed once.
+of L_0, the training loss and the spacing of sampling steps; each a string-valued :class:`Choice` parsed once.
 
 Settings arrive as strings (a command line, a JSON file, ONNX metadata); they are turned into enum
 members where they enter, with :meth:`Choice.parse`, and travel as members from then on.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from typing import Any, TypeVar
 
-__all__ = ["Choice", "Decoder", "LossType", "Prediction", "Variance"]
+__all__ = ["Choice", "Decoder", "LossType", "Prediction", "Spacing", "Variance"]
 
 C = TypeVar("C", bound="Choice")
 
@@ -79,3 +79,11 @@ class LossType(Choice):
     SIMPLE = "simple"  # MSE on the prediction target (ε, x_0 or v): Ho et al.'s L_simple
     HYBRID = "hybrid"  # L_simple + λ L_vlb, λ = 0.001, the mean frozen in L_vlb (improved DDPM)
     VLB = "vlb"  # the variational bound alone (an unbiased one-timestep estimate)
+
+
+class Spacing(Choice):
+    """How a sampler's steps are picked among the model's training timesteps."""
+
+    EVEN = "even"  # evenly spaced indices, 0 and T-1 included (improved DDPM's respacing)
+    LOGSNR = "logsnr"  # uniform in log-SNR (DPM-Solver's time-uniform-in-λ steps)
+    KARRAS = "karras"  # Karras et al. 2022 eq. 5: uniform in σ^(1/ρ), ρ = 7

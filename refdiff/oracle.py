@@ -141,6 +141,26 @@ class GaussianMixture:
             self.weights, np.sqrt(a) * self.means, np.sqrt(a * self.stds**2 + (1.0 - a))
         )
 
+    def probability_flow(self, x: Array, alpha_bar_from: float, alpha_bar_to: float) -> Array:
+        """Where the probability-flow ODE takes ``x`` [B, D] from ᾱ = ``alpha_bar_from`` to
+        ``alpha_bar_to``, exactly, for a single Gaussian (K = 1).
+
+        The ODE's velocity is linear for Gaussian data and keeps the standardised value
+        z = (x_t - √ᾱ_t m) / √(ᾱ_t s² + 1 - ᾱ_t) of every sample fixed: the map is
+        x ↦ √ᾱ' m + z √(ᾱ' s² + 1 - ᾱ'). The reference the solvers' order is measured against.
+        """
+        if self.weights.shape[0] != 1:
+            raise ValueError("the closed-form flow needs a single Gaussian (K = 1)")
+        for a in (alpha_bar_from, alpha_bar_to):
+            if not 0.0 < float(a) <= 1.0:
+                raise ValueError(f"alpha_bar must lie in (0, 1], got {a!r}")
+        xp = get_namespace(x)
+        self._check_rows(x)
+        a0, a1, s2 = float(alpha_bar_from), float(alpha_bar_to), float(self.stds[0] ** 2)
+        m = _on(self.means[0], x, xp)
+        z = (x - math.sqrt(a0) * m) / math.sqrt(a0 * s2 + 1.0 - a0)
+        return math.sqrt(a1) * m + z * math.sqrt(a1 * s2 + 1.0 - a1)
+
     # -- the marginal q(x_t) ---------------------------------------------------------------
     def _components(self, x: Array, acp: Array, xp: Any):
         """log responsibilities' numerators, centred x, v_k for x [B, D] and ᾱ [B, 1]."""

@@ -4,7 +4,9 @@
 - :func:`plot_loss`: the training loss with a smoothed curve, log y;
 - :func:`plot_bound_terms`: where in t the bound spends its bits: each L_t in bits/dim (log y)
   and the cumulative share of the total;
-- :func:`plot_samples_vs_data`: a grid of samples next to a grid of real images.
+- :func:`plot_samples_vs_data`: a grid of samples next to a grid of real images;
+- :func:`plot_quality_vs_calls`: Fréchet distance and classifier confidence against the number of
+  network calls, one line per sampler (:func:`refdiff.evaluation.steps.quality_vs_steps`).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas, never
 through pyplot, so no GUI backend is touched and nothing global changes. Each function writes one
@@ -24,7 +26,13 @@ import numpy as np
 from ._deps import require
 from ._io import atomic_path, make_dir
 
-__all__ = ["plot_bound_terms", "plot_loss", "plot_samples_vs_data", "plot_schedule"]
+__all__ = [
+    "plot_bound_terms",
+    "plot_loss",
+    "plot_quality_vs_calls",
+    "plot_samples_vs_data",
+    "plot_schedule",
+]
 
 _DPI = 120
 
@@ -292,4 +300,89 @@ def plot_samples_vs_data(
         )
         ax.set_title(title)
         ax.set_axis_off()
+    return _save(fig, path)
+
+
+def plot_quality_vs_calls(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    reference: tuple[str, int] | None = ("ddpm", 200),
+    tolerance: float = 0.10,
+    title: str | None = None,
+) -> Path:
+    """Sample quality against the price of a sample: Fréchet distance (top, log-log; error bars
+    ``fd_std`` where the rows have it) and the classifier's mean confidence (bottom) against the
+    number of network calls (log x), one line per sampler.
+
+    Parameters
+    ----------
+    rows : sequence of mappings
+        :func:`refdiff.evaluation.steps.quality_vs_steps`'s rows: ``sampler``, ``spacing``,
+        ``calls``, ``fd``, ``confidence`` (``fd_floor``, if given, is drawn as the floor).
+    path : str or PathLike
+        A ``.png`` file.
+    reference : (sampler, calls), optional
+        A run whose Fréchet distance is drawn as a dashed line, with a band of ``tolerance``
+        above it (default: DDPM over 200 calls, +10 %); skipped if the rows do not hold it.
+    """
+    if not rows:
+        raise ValueError("no rows to plot")
+    for key in ("sampler", "spacing", "calls", "fd", "confidence"):
+        missing = [i for i, r in enumerate(rows) if key not in r]
+        if missing:
+            raise ValueError(f"row {missing[0]} has no {key!r}")
+    fig = _figure(7.5, 6.4)
+    ax_fd, ax_conf = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    labels: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        labels.setdefault(f"{r['sampler']} ({r['spacing']})", []).append(r)
+    for label, runs in labels.items():
+        runs = sorted(runs, key=lambda r: r["calls"])
+        calls = [r["calls"] for r in runs]
+        spread = [r.get("fd_std", 0.0) for r in runs]
+        ax_fd.errorbar(
+            calls,
+            [r["fd"] for r in runs],
+            yerr=spread,
+            fmt="o-",
+            lw=1.5,
+            ms=4,
+            capsize=2,
+            label=label,
+        )
+        ax_conf.plot(calls, [r["confidence"] for r in runs], "o-", lw=1.5, ms=4, label=label)
+    ref = [r for r in rows if reference and (r["sampler"], r["calls"]) == tuple(reference)]
+    if ref:
+        fd = float(ref[0]["fd"])
+        ax_fd.axhline(fd, color="0.3", ls="--", lw=1)
+        ax_fd.axhspan(fd, (1 + tolerance) * fd, color="0.85", zorder=0)
+        ax_fd.annotate(
+            f"{reference[0]} {reference[1]} calls, +{100 * tolerance:.0f} %",
+            xy=(0.99, fd),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
+    floors = [float(r["fd_floor"]) for r in rows if "fd_floor" in r]
+    if floors:
+        ax_fd.axhline(float(np.mean(floors)), color="tab:green", ls=":", lw=1)
+        ax_fd.annotate(
+            "real images (floor)",
+            xy=(0.01, float(np.mean(floors))),
+            xycoords=("axes fraction", "data"),
+            va="bottom",
+            fontsize=8,
+            color="tab:green",
+        )
+    ax_fd.set_xscale("log")
+    ax_fd.set_yscale("log")
+    ax_fd.set(
+        ylabel="Fréchet distance (lower is better)", title=title or "Quality vs network calls"
+    )
+    ax_fd.grid(alpha=0.3, which="both")
+    ax_fd.legend(fontsize=8)
+    ax_conf.set(xlabel="network calls per sample (log)", ylabel="classifier confidence")
+    ax_conf.grid(alpha=0.3, which="both")
     return _save(fig, path)

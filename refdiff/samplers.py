@@ -1,7 +1,9 @@
 """Samplers over a denoiser callable: ancestral DDPM (Ho et al. Algorithm 2) and DDIM with η
-(Song et al. 2021, eq. 12), on full or respaced schedules.
+(Song et al. 2021, eq. 12), on full or respaced schedules, and the dispatcher :func:`sample` over
+:data:`SAMPLERS`, which also holds the ODE and multistep solvers of :mod:`refdiff.solvers`
+(Euler, Heun, DPM-Solver++ 2M, 3M and 2M SDE).
 
-Both samplers share one signature (DDIM adds ``eta``). Noise comes from :func:`refdiff.noise.standard_normal`, so every
+All samplers share one signature (DDIM adds ``eta``). Noise comes from :func:`refdiff.noise.standard_normal`, so every
 sample is a function of (seed, sample index) only: the same whether drawn alone or in a batch, on
 one process or sharded over many, on NumPy, PyTorch or CuPy. A ``noise`` callable
 ``noise(step, shape) -> array`` may replace it (for example to drive the sampler from a backend's
@@ -17,113 +19,20 @@ from typing import Any
 import numpy as np
 
 from . import _formulas as f
-from ._array import Array, gather, get_namespace, table_on
+from ._array import Array, gather
 from ._enums import Prediction, Variance
-from .noise import PRIOR_STEP, standard_normal
+from .noise import PRIOR_STEP
 from .reverse import check_denoiser_output
+from .sampler_loop import Callback, FiniteWatch, SamplerRun, check_zero_terminal_snr
+from .solvers import (
+    dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
+    dpmpp_3m_sample,
+    euler_sample,
+    heun_sample,
+)
 
-__all__ = ["SAMPLERS", "ddim_sample", "ddpm_sample", "sample"]
-
-Callback = Callable[[int, int, Array, Array], None]
-"""``callback(i, t, x, pred_x0)`` after step i (0-based) at index t with the new x."""
-
-
-class _Run:
-    """What every sampler's loop shares: the namespace, device and dtype, the noise, the map to
-    the model's timesteps, and a watch on the state that names the first step at which it stopped
-    being finite (kept on the device: one read at the end, none per step)."""
-
-    def __init__(self, schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T):
-        if len(shape) < 2:
-            raise ValueError(
-                f"shape must be [B, ...] with at least one data axis, got {tuple(shape)}"
-            )
-        B = int(shape[0])
-        if B < 1:
-            raise ValueError(f"need at least one sample, got batch size {B}")
-        if x_T is not None:
-            xp, dtype, device = _follow(x_T, shape, xp, dtype, device)
-        elif xp is None:
-            import array_api_compat.numpy as xp
-        dtype = xp.float32 if dtype is None else dtype
-        if not xp.isdtype(dtype, "real floating"):
-            raise TypeError(f"samples must have a real floating dtype, got {dtype}")
-        if sample_indices is None:
-            idx = xp.arange(B, dtype=xp.int64, device=device)
-        else:
-            idx = xp.asarray(sample_indices, device=device)
-            if not xp.isdtype(idx.dtype, "integral") or tuple(idx.shape) != (B,):
-                raise ValueError(
-                    f"sample_indices must be {B} integers, got {tuple(idx.shape)} {idx.dtype}"
-                )
-            idx = xp.astype(idx, xp.int64)
-        if noise is None:
-
-            def noise(step: int, shp: tuple[int, ...]) -> Array:
-                return standard_normal(seed, idx, step, shp[1:], xp=xp, dtype=dtype, device=device)
-
-        self.xp, self.B, self.dtype, self.device, self.idx, self.noise = (
-            xp,
-            B,
-            dtype,
-            device,
-            idx,
-            noise,
-        )
-        self.x = noise(PRIOR_STEP, tuple(shape)) if x_T is None else x_T
-        self.tmap = table_on(schedule.timestep_map, xp, device)
-        self.watch = _FiniteWatch(schedule.num_timesteps, xp, device)
-        self.finish = self.watch.finish
-
-    def full(self, t_int: int) -> Array:
-        """The timestep index ``t_int`` for every sample."""
-        return self.xp.full((self.B,), t_int, dtype=self.xp.int64, device=self.device)
-
-
-class _FiniteWatch:
-    """Calls ``watch(i, t, x)`` after each step; ``finish(x)`` raises a ``FloatingPointError``
-    naming the first step whose state held a NaN or an infinity. The flag stays on the device:
-    one read back at the end, none per step."""
-
-    def __init__(self, num_steps: int, xp: Any, device: Any) -> None:
-        self.xp = xp
-        self._steps = xp.arange(num_steps + 1, dtype=xp.int64, device=device)
-        self._first_bad = self._steps[num_steps]  # num_steps: no step has gone bad
-        self._timesteps: list[int] = []
-
-    def __call__(self, i: int, t_int: int, x: Array) -> None:
-        xp = self.xp
-        self._timesteps.append(t_int)
-        bad = xp.logical_not(xp.all(xp.isfinite(x)))
-        self._first_bad = xp.where(
-            bad, xp.minimum(self._first_bad, self._steps[i]), self._first_bad
-        )
-
-    def finish(self, x: Array) -> Array:
-        i = int(self._first_bad)
-        if i < len(self._timesteps):
-            raise FloatingPointError(
-                f"sampling diverged: the samples hold NaN or infinite values from step {i} "
-                f"(timestep index {self._timesteps[i]}) on; the denoiser returned non-finite "
-                "values or the settings do not match the model"
-            )
-        return x
-
-
-def _follow(x_T: Array, shape, xp, dtype, device):
-    """The namespace, dtype and device of a given x_T (a conflicting explicit one is an error)."""
-    from array_api_compat import device as device_of
-
-    xt_ns = get_namespace(x_T)
-    if xp is not None and xp.__name__ != xt_ns.__name__:
-        raise TypeError(f"x_T is a {xt_ns.__name__} array but xp is {xp.__name__}")
-    if tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
-    if dtype is not None and dtype != x_T.dtype:
-        raise TypeError(f"x_T has dtype {x_T.dtype} but dtype={dtype} was asked for")
-    if device is not None and device != device_of(x_T):
-        raise ValueError(f"x_T lives on {device_of(x_T)} but device={device} was asked for")
-    return xt_ns, x_T.dtype, device_of(x_T)
+__all__ = ["SAMPLERS", "Callback", "ddim_sample", "ddpm_sample", "sample"]
 
 
 def ddpm_sample(
@@ -156,7 +65,7 @@ def ddpm_sample(
     path; the callback then receives ``pred_x0=None``.
     """
     prediction, variance = Prediction.parse(prediction), Variance.parse(variance)
-    _check_ztsnr(schedule, prediction)
+    check_zero_terminal_snr(schedule, prediction)
     if fused:
         return _ddpm_fused(
             schedule,
@@ -174,7 +83,7 @@ def ddpm_sample(
             x_T,
             callback,
         )
-    run = _Run(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
+    run = SamplerRun(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
     xp, x = run.xp, run.x
     posterior = _model_posterior(
         schedule, denoiser, run.tmap, prediction, variance, clip_denoised, data_range, xp
@@ -218,10 +127,10 @@ def ddim_sample(
     DDPM's fixed-small variance. Pass a respaced schedule (``schedule.respace(...)``) for fewer steps.
     A learned variance's channels are ignored (DDIM sets its own σ).
     """
-    run = _Run(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
+    run = SamplerRun(schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
     xp, x = run.xp, run.x
     prediction, variance = Prediction.parse(prediction), Variance.parse(variance)
-    _check_ztsnr(schedule, prediction)
+    check_zero_terminal_snr(schedule, prediction)
     if isinstance(eta, bool) or not (
         isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0
     ):
@@ -290,7 +199,7 @@ def _ddpm_fused(
         else xp.astype(xp.asarray(sample_indices), xp.int64)
     )
     x = standard_normal_cuda(seed, idx, PRIOR_STEP, tuple(shape[1:])) if x_T is None else x_T
-    watch = _FiniteWatch(schedule.num_timesteps, xp, None)
+    watch = FiniteWatch(schedule.num_timesteps, xp, None)
     for i, t_int in enumerate(range(schedule.num_timesteps - 1, -1, -1)):
         t_model = xp.full((B,), int(schedule.timestep_map[t_int]), dtype=xp.int64)
         out = check_denoiser_output(denoiser(x, t_model), x, variance)
@@ -336,19 +245,21 @@ def _model_posterior(schedule, denoiser, tmap, prediction, variance, clip_denois
     return posterior
 
 
-def _check_ztsnr(schedule: Any, prediction: Prediction) -> None:
-    if schedule.zero_terminal_snr and prediction is Prediction.EPSILON:
-        raise ValueError(
-            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
-            "(ᾱ_T = 0); train with prediction 'v' or 'x0' to use zero terminal SNR"
-        )
-
-
-SAMPLERS: dict[str, Callable[..., Array]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+#: Every sampler by name, all with the shared signature: the ancestral ones here, the ODE and
+#: multistep solvers of :mod:`refdiff.solvers`.
+SAMPLERS: dict[str, Callable[..., Array]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "euler": euler_sample,
+    "heun": heun_sample,
+    "dpmpp_2m": dpmpp_2m_sample,
+    "dpmpp_3m": dpmpp_3m_sample,
+    "dpmpp_2m_sde": dpmpp_2m_sde_sample,
+}
 
 
 def sample(name: str, *args: Any, **kwargs: Any) -> Array:
-    """Run the sampler called ``name`` (``"ddpm"`` or ``"ddim"``) with the shared signature."""
+    """Run the sampler called ``name`` (one of :data:`SAMPLERS`) with the shared signature."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
     return SAMPLERS[name](*args, **kwargs)

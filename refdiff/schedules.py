@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from ._enums import Spacing
+
 __all__ = [
     "SCHEDULES",
     "Schedule",
     "get_schedule",
     "make_betas",
     "rescale_zero_terminal_snr",
+    "select_timesteps",
     "space_timesteps",
 ]
 
@@ -385,3 +388,78 @@ def space_timesteps(T: int, n: int) -> np.ndarray:
     if n == 1:
         return np.array([T - 1], dtype=np.int64)
     return np.round(np.linspace(0, T - 1, n)).astype(np.int64)
+
+
+def select_timesteps(
+    schedule: Schedule, n: int, spacing: Spacing | str = Spacing.EVEN, *, rho: float = 7.0
+) -> np.ndarray:
+    """``n`` of ``schedule``'s timestep indices (increasing, int64) to sample with ``n`` steps;
+    ``schedule.respace(select_timesteps(schedule, n, spacing))`` is the schedule to sample on.
+
+    - ``"even"``: evenly spaced indices, 0 and T-1 included (:func:`space_timesteps`);
+    - ``"logsnr"``: targets uniform in log-SNR λ_t = log(ᾱ_t / (1 - ᾱ_t)) from λ_{T-1} to λ_0
+      (DPM-Solver's steps uniform in log(α/σ) = λ/2);
+    - ``"karras"``: Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} -
+      σ_max^{1/ρ}))^ρ with σ_t = √((1 - ᾱ_t) / ᾱ_t), σ_max = σ_{T-1}, σ_min = σ_0, ρ = ``rho``.
+
+    **Discrete time.** The model was trained at integer indices only, so each continuous target
+    goes to the index whose log-SNR is nearest (the same as nearest in log σ); where two targets
+    land on one index, the noisier one moves to the next free index above it. The ``n`` steps are
+    then ``n`` distinct indices with 0 and T-1 always among them, and a solver uses the exact ᾱ of
+    the index it hands the model: the model and the step never disagree about the noise level.
+
+    **Zero terminal SNR** (ᾱ_{T-1} = 0, σ_max = ∞): index T-1 is kept as the first step and the
+    other ``n - 1`` targets are spaced over indices T-2 … 0.
+
+    Raises ``ValueError`` naming the value for an unknown spacing, ``n`` outside 1 … T or a ``rho``
+    that is not a finite positive number.
+    """
+    spacing = Spacing.parse(spacing)
+    T = schedule.num_timesteps
+    if spacing is Spacing.EVEN:
+        return space_timesteps(T, n)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"number of steps must be an int, got {n!r}")
+    if not 1 <= n <= T:
+        raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
+    if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
+        raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
+    if n == T:
+        return np.arange(T, dtype=np.int64)
+    log_snr = schedule.log_snr
+    top = T - 1 if np.isfinite(log_snr[-1]) else T - 2  # the noisiest index with a finite σ
+    m = n if top == T - 1 else n - 1  # steps spaced over 0 … top
+    if m == 0 or (m == 1 and top == T - 1):
+        picked = np.array([top], dtype=np.int64)[:m]
+    elif m == 1:
+        picked = np.zeros(1, dtype=np.int64)
+    else:
+        lo_snr, hi_snr = log_snr[top], log_snr[0]
+        frac = np.linspace(0.0, 1.0, m)  # 0 at the clean end (index 0)
+        if spacing is Spacing.LOGSNR:
+            targets = hi_snr + frac * (lo_snr - hi_snr)
+        else:  # σ = e^{-λ/2}, spaced uniformly in σ^{1/ρ}
+            s_min, s_max = np.exp(-0.5 * hi_snr / rho), np.exp(-0.5 * lo_snr / rho)
+            targets = -2.0 * rho * np.log(s_min + frac * (s_max - s_min))
+        picked = _distinct(_nearest(log_snr[: top + 1], targets), top + 1)
+    if top != T - 1:
+        picked = np.append(picked, T - 1)
+    return picked.astype(np.int64)
+
+
+def _nearest(log_snr: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target, the index of the nearest value of the decreasing ``log_snr``."""
+    neg = -log_snr  # increasing, for searchsorted
+    right = np.clip(np.searchsorted(neg, -targets), 1, len(neg) - 1)
+    left = right - 1
+    return np.where(np.abs(neg[left] + targets) <= np.abs(neg[right] + targets), left, right)
+
+
+def _distinct(k: np.ndarray, size: int) -> np.ndarray:
+    """Increasing indices ``k`` made strictly increasing within [0, size-1]: an index already
+    taken moves up to the next free one, leaving room for those above it."""
+    out = np.empty(len(k), dtype=np.int64)
+    for i, ki in enumerate(k):
+        low = out[i - 1] + 1 if i else 0
+        out[i] = min(max(int(ki), low), size - len(k) + i)
+    return out

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._array import Array, Timesteps
-from ._enums import Decoder, LossType, Prediction, Variance
+from ._enums import Decoder, LossType, Prediction, Spacing, Variance
 from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
 from .forward import q_sample
 from .losses import LossTerms, check_data_range, check_num_bins, training_losses
 from .reverse import PMeanVariance, p_mean_variance
 from .samplers import Callback, sample
-from .schedules import Schedule, get_schedule, space_timesteps
+from .schedules import Schedule, get_schedule, select_timesteps
 
 __all__ = ["Diffusion"]
 
@@ -83,8 +83,8 @@ class Diffusion:
     clip_denoised: bool = True
     decoder: Decoder = Decoder.DISCRETIZED
     num_bins: int = 256
-    # respaced schedules already built, by number of steps (their device tables are cached too)
-    _respaced: dict[int, Schedule] = field(
+    # respaced schedules already built, by steps and spacing (their device tables are cached too)
+    _respaced: dict[tuple[int, Spacing], Schedule] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
@@ -144,10 +144,14 @@ class Diffusion:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
-    def sampling_schedule(self, steps: int | None = None) -> Schedule:
+    def sampling_schedule(
+        self, steps: int | None = None, spacing: Spacing | str = Spacing.EVEN
+    ) -> Schedule:
         """The schedule to sample with: the base one (``steps`` None or T) or respaced to
-        ``steps`` evenly spaced steps (improved DDPM's respacing)."""
+        ``steps`` of the training timesteps picked by ``spacing`` (:func:`refdiff.select_timesteps`:
+        ``even``, improved DDPM's respacing; ``logsnr``; ``karras``)."""
         T = self.num_timesteps
+        spacing = Spacing.parse(spacing)
         if steps is None:
             return self.schedule
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -159,9 +163,12 @@ class Diffusion:
             )
         if steps == T:
             return self.schedule
-        if steps not in self._respaced:
-            self._respaced[steps] = self.schedule.respace(space_timesteps(T, steps))
-        return self._respaced[steps]
+        key = (steps, spacing)
+        if key not in self._respaced:
+            self._respaced[key] = self.schedule.respace(
+                select_timesteps(self.schedule, steps, spacing)
+            )
+        return self._respaced[key]
 
     def timesteps(self, t: Any, xp: Any, device: Any = None) -> Timesteps:
         """Host integer timesteps ``t`` [B], checked here once and moved to ``device``: pass the
@@ -275,6 +282,7 @@ class Diffusion:
         *,
         sampler: str = "ddpm",
         steps: int | None = None,
+        spacing: Spacing | str = Spacing.EVEN,
         seed: int = 0,
         sample_indices: Array | None = None,
         xp: Any = None,
@@ -283,12 +291,13 @@ class Diffusion:
         callback: Callback | None = None,
         **options: Any,
     ) -> Array:
-        """``n`` samples of ``image_shape`` with the sampler called ``sampler`` over ``steps``
-        respaced steps (default all T): :func:`refdiff.sample` with these settings. ``options``
-        go to the sampler (``eta`` for DDIM, ``x_T``, ``noise``, ``fused``)."""
+        """``n`` samples of ``image_shape`` with the sampler called ``sampler`` (one of
+        :data:`refdiff.SAMPLERS`) over ``steps`` training timesteps picked by ``spacing`` (default
+        all T; :meth:`sampling_schedule`): :func:`refdiff.sample` with these settings.
+        ``options`` go to the sampler (``eta`` for DDIM, ``x_T``, ``noise``, ``fused``)."""
         return sample(
             sampler,
-            self.sampling_schedule(steps),
+            self.sampling_schedule(steps, spacing),
             denoiser,
             (n, *self.image_shape),
             prediction=self.prediction,

@@ -20,7 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("_array", "schedules", "noise", "data"),
     ("_formulas", "forward"),
     ("reverse", "losses"),
-    ("bound", "samplers", "oracle", "fused"),
+    ("bound", "samplers", "sampler_loop", "solvers", "oracle", "fused"),
     ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
     ("onnx_contract", "runs"),
     ("runtime", "evaluation", "nn"),

@@ -571,3 +571,87 @@ def test_eval_run_folder_through_pytorch(tmp_path, capsys):
     r = json.loads(report.read_text())
     assert r["model"]["kind"] == "checkpoint" and r["model"]["step"] == 10
     assert np.isfinite(r["bits_per_dim"]["bpd_full"]) and "full bound" in out
+
+
+# ---- quality against network calls -----------------------------------------------------------
+
+
+def _digits_mixture_denoiser(train, T=20):
+    """An exact denoiser for a mixture of the ten class means of the digits (std 0.2)."""
+    imgs = train.images.reshape(len(train.images), 64).astype(np.float64) / 127.5 - 1.0
+    means = np.stack([imgs[train.labels == k].mean(axis=0) for k in range(10)])
+    mix = GaussianMixture(np.full(10, 0.1), means, np.full(10, 0.2))
+    d = Diffusion(rd.get_schedule("cosine", T), image_shape=(1, 8, 8))
+
+    def den(x, t):
+        flat = mix.predict(d.schedule, np.reshape(x, (x.shape[0], 64)), t, "epsilon")
+        return np.reshape(flat, x.shape)
+
+    return den, d
+
+
+def test_quality_vs_steps_counts_calls_and_pairs_the_runs(digits):
+    from refdiff.evaluation.steps import quality_vs_steps, steps_for_calls
+
+    train, test = digits
+    den, d = _digits_mixture_denoiser(train)
+    kw = {"n": 24, "train": train, "test": test, "seed": 1}
+    rows = quality_vs_steps(den, d, ["dpmpp_2m", "heun"], (4, 5), batch_size=10, **kw)
+    assert [(r["sampler"], r["budget"], r["steps"], r["calls"]) for r in rows] == [
+        ("dpmpp_2m", 4, 4, 4),
+        ("dpmpp_2m", 5, 5, 5),
+        ("heun", 4, 2, 3),
+        ("heun", 5, 3, 5),
+    ]
+    assert steps_for_calls("heun", 1) == 1 and steps_for_calls("ddim", 7) == 7
+    for r in rows:
+        assert r["fd"] >= 0 and 0 < r["confidence"] <= 1 and r["spacing"] == "even"
+    # the batch size bounds memory only: the same samples, the same scores
+    again = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), batch_size=24, **kw)
+    assert again[0]["fd"] == pytest.approx(rows[1]["fd"], rel=1e-9)
+    # repeats: the mean over seeds seed, seed + 1
+    two = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), repeats=2, **kw)
+    other = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), **{**kw, "seed": 2})
+    assert two[0]["fd"] == pytest.approx((rows[1]["fd"] + other[0]["fd"]) / 2, rel=1e-9)
+    assert two[0]["fd_std"] == pytest.approx(abs(rows[1]["fd"] - other[0]["fd"]) / 2**0.5)
+    assert two[0]["repeats"] == 2 and rows[0]["fd_std"] == 0.0
+    with pytest.raises(ValueError, match="repeats must be an int >= 1, got 0"):
+        quality_vs_steps(den, d, ["dpmpp_2m"], (5,), repeats=0, **kw)
+    karras = quality_vs_steps(den, d, ["dpmpp_2m"], (5,), spacing={"dpmpp_2m": "karras"}, **kw)
+    assert karras[0]["spacing"] == "karras" and karras[0]["fd"] != rows[1]["fd"]
+    with pytest.raises(ValueError, match="25 steps of 'ddim', more than the model's T = 20"):
+        quality_vs_steps(den, d, ["ddim"], (25,), **kw)
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        quality_vs_steps(den, d, ["plms"], (5,), **kw)
+    with pytest.raises(ValueError, match="budget of network calls must be an int >= 1, got 0"):
+        steps_for_calls("heun", 0)
+
+
+def test_calls_to_match_and_the_table():
+    from refdiff.evaluation.steps import calls_to_match, quality_table
+
+    def row(sampler, budget, calls, fd):
+        return {
+            "sampler": sampler,
+            "spacing": "even",
+            "budget": budget,
+            "calls": calls,
+            "fd": fd,
+            "confidence": 0.9,
+        }
+
+    rows = [
+        row("ddpm", 10, 10, 1.0),
+        row("ddpm", 200, 200, 0.5),
+        row("heun", 10, 9, 0.54),
+        row("heun", 200, 199, 0.4),
+        row("ddim", 10, 10, 0.9),
+        row("ddim", 200, 200, 0.6),
+    ]
+    assert calls_to_match(rows) == {"ddpm": 200, "heun": 9, "ddim": None}
+    assert calls_to_match(rows, tolerance=0.25) == {"ddpm": 200, "heun": 9, "ddim": 200}
+    table = quality_table(rows)
+    assert "| heun (even) | 0.54 (0.90) [9] | 0.40 (0.90) [199] |" in table
+    assert table.splitlines()[0] == "| sampler (spacing) | 10 calls | 200 calls |"
+    with pytest.raises(ValueError, match="no run of 'ddpm' with 100 calls"):
+        calls_to_match(rows, reference=("ddpm", 100))

@@ -67,6 +67,8 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
     from refdiff.runtime import OnnxDenoiser, sample_images
 
     want = sample_images(OnnxDenoiser(model), 5, sampler="ddim", steps=6, seed=2, progress=False)
+    solver_kw = {"sampler": "heun", "steps": 3, "spacing": "karras", "seed": 2, "progress": False}
+    want_heun = sample_images(OnnxDenoiser(model), 5, **solver_kw)
     whole_cli = all(
         _importable(m)
         for m in ("refdiff.commands.demo", "refdiff.commands.train", "refdiff.commands.eval")
@@ -80,6 +82,8 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
 
         den = OnnxDenoiser({str(model)!r})
         api = sample_images(den, 5, sampler="ddim", steps=6, seed=2, progress=False)
+        heun = sample_images(den, 5, **{solver_kw!r})
+        import refdiff.evaluation.steps  # the quality-vs-calls sweep, torch-free too
 
         parser = argparse.ArgumentParser(prog="refdiff")
         sample_cli.add_parser(parser.add_subparsers(dest="command"))
@@ -96,6 +100,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
                               "--steps", "6", "--seed", "2", "--out", "main.png", "--no-progress"])
         print(json.dumps({{
             "api": api.tolist(),
+            "heun": heun.tolist(),
             "cli_code": code,
             "cli_images": cli["images"].tolist(),
             "cli_indices": cli["indices"].tolist(),
@@ -108,6 +113,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
     )
     assert not result["torch_loaded"] and result["attempts"] == []
     np.testing.assert_array_equal(np.array(result["api"], dtype=np.uint8), want)
+    np.testing.assert_array_equal(np.array(result["heun"], dtype=np.uint8), want_heun)
     assert result["cli_code"] == 0
     assert result["cli_indices"] == [2, 3, 4]  # shard 1 of 2 of 5 samples
     np.testing.assert_array_equal(np.array(result["cli_images"], dtype=np.uint8), want[2:])

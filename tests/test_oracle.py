@@ -82,3 +82,32 @@ def test_mixture_arrays_are_read_only_copies():
     assert mix.means[0, 0] == 0.0
     with pytest.raises(ValueError, match="read-only"):
         mix.means[0, 0] = 1.0
+
+
+def test_probability_flow_solves_the_ode_and_composes():
+    """The closed-form flow of a Gaussian satisfies the probability-flow ODE dx̃/dσ̃ = E[ε | x]
+    (x̃ = x/√ᾱ, σ̃ = √((1-ᾱ)/ᾱ); central differences) and composes: a→b→c = a→c, b→a undoes a→b."""
+    from refdiff import Schedule
+
+    g = GaussianMixture.gaussian([0.3, -0.2, 0.5], 0.7)
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    a = 0.4
+    sigma = np.sqrt((1 - a) / a)
+    h = 1e-4
+
+    def at(sig):  # the flow from ᾱ = a to the ᾱ of σ̃ = sig, in Karras' scaled variable x/√ᾱ
+        ab = 1.0 / (1.0 + sig**2)
+        return g.probability_flow(x, a, ab) / np.sqrt(ab)
+
+    slope = (at(sigma + h) - at(sigma - h)) / (2 * h)
+    eps = g.predict(Schedule([1 - a]), x, np.zeros(16, dtype=np.int64), "epsilon")
+    np.testing.assert_allclose(slope, eps, rtol=1e-7, atol=1e-8)
+    b, c = 0.9, 0.05
+    np.testing.assert_allclose(
+        g.probability_flow(g.probability_flow(x, a, b), b, c), g.probability_flow(x, a, c)
+    )
+    np.testing.assert_allclose(g.probability_flow(g.probability_flow(x, a, b), b, a), x)
+    with pytest.raises(ValueError, match="single Gaussian"):
+        toy_mixture("ring8").probability_flow(np.zeros((1, 2)), 0.5, 0.6)
+    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\], got 0.0"):
+        g.probability_flow(x, 0.0, 0.5)

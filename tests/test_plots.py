@@ -7,7 +7,13 @@ import pytest
 from PIL import Image
 
 from refdiff import get_schedule
-from refdiff.plots import plot_bound_terms, plot_loss, plot_samples_vs_data, plot_schedule
+from refdiff.plots import (
+    plot_bound_terms,
+    plot_loss,
+    plot_quality_vs_calls,
+    plot_samples_vs_data,
+    plot_schedule,
+)
 
 
 def _check_png(path, min_size=(500, 300)):
@@ -68,3 +74,26 @@ def test_paths_must_be_png(tmp_path):
     with pytest.raises(ValueError, match=r"\.png"):
         plot_loss([0, 1], [1.0, 0.5], tmp_path / "loss.jpg")
     assert not (tmp_path / "loss.jpg").exists()
+
+
+def test_plot_quality_vs_calls(tmp_path):
+    rows = [
+        {
+            "sampler": s,
+            "spacing": "even",
+            "calls": c,
+            "fd": fd / c**0.5 + 0.2,
+            "confidence": 0.9,
+            "fd_floor": 0.1,
+        }
+        for s, fd in (("ddpm", 8.0), ("heun", 4.0))
+        for c in (5, 10, 200)
+    ]
+    _check_png(plot_quality_vs_calls(rows, tmp_path / "q.png"))
+    _check_png(plot_quality_vs_calls(rows[:3], tmp_path / "no-ref.png", reference=None))
+    with pytest.raises(ValueError, match="row 0 has no 'fd'"):
+        plot_quality_vs_calls(
+            [{"sampler": "ddpm", "spacing": "even", "calls": 5}], tmp_path / "b.png"
+        )
+    with pytest.raises(ValueError, match="no rows"):
+        plot_quality_vs_calls([], tmp_path / "b.png")

@@ -349,7 +349,8 @@ def test_shard_helpers():
         ({"n": 2.5}, TypeError, "must be an int"),
         ({"steps": 51}, ValueError, "51 steps: the model was trained with T = 50"),
         ({"steps": 0}, ValueError, "steps must be an int >= 1"),
-        ({"sampler": "euler"}, ValueError, "unknown sampler 'euler'"),
+        ({"sampler": "langevin"}, ValueError, "unknown sampler 'langevin'"),
+        ({"spacing": "uniform"}, ValueError, "unknown spacing 'uniform'"),
         ({"shard": "2/2"}, ValueError, r"shard index K must be in \[0, 1\]"),
         ({"shard": "1of2"}, ValueError, "shard must look like K/N"),
         ({"eta": 0.5}, ValueError, "eta applies to the 'ddim' sampler only"),
@@ -430,12 +431,30 @@ def test_cli_sample_writes_png_and_npz(tiny_onnx, denoiser, tmp_path, capsys):
     assert np.concatenate([p["indices"] for p in parts]).tolist() == list(range(6))
 
 
+def test_cli_sample_offers_every_sampler_and_spacing(tiny_onnx, denoiser, tmp_path, capsys):
+    from refdiff import SAMPLERS
+
+    with pytest.raises(SystemExit):
+        _sample(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in SAMPLERS)
+    assert "logsnr" in help_text and "karras" in help_text
+    out = tmp_path / "s.png"
+    argv = [str(tiny_onnx), "--n", "3", "--sampler", "dpmpp_2m", "--steps", "6"]
+    assert _sample([*argv, "--spacing", "karras", "--out", str(out), "--no-progress"]) == 0
+    want = sample_images(denoiser, 3, sampler="dpmpp_2m", steps=6, spacing="karras", progress=False)
+    data = np.load(out.with_suffix(".npz"))
+    np.testing.assert_array_equal(data["images"], want)
+    assert str(data["spacing"]) == "karras"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--n", "0"], "argument --n: must be a positive integer"),
         (["--n", "many"], "argument --n: expected a positive integer"),
-        (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+        (["--sampler", "langevin"], "argument --sampler: invalid choice: 'langevin'"),
+        (["--spacing", "uniform"], "argument --spacing: invalid choice: 'uniform'"),
         (["--shard", "2/2"], "argument --shard: shard index K must be in"),
         (["--shard", "half"], "argument --shard: shard must look like K/N"),
         (["--steps", "0"], "argument --steps: must be a positive integer"),

@@ -132,6 +132,7 @@ def sample_array(
     *,
     sampler: str = "ddpm",
     steps: int | None = None,
+    spacing: str = "even",
     eta: float = 0.0,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
@@ -161,7 +162,7 @@ def sample_array(
     shard = parse_shard(shard)
     start, stop = shard_range(n, shard)
     d: Diffusion = denoiser.diffusion
-    schedule = d.sampling_schedule(steps)
+    schedule = d.sampling_schedule(steps, spacing)
     xp = getattr(denoiser, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
@@ -193,6 +194,7 @@ def sample_array(
                 hi - lo,
                 sampler=sampler,
                 steps=steps,
+                spacing=spacing,
                 seed=seed,
                 sample_indices=indices,
                 xp=xp,
@@ -210,6 +212,7 @@ def sample_images(
     *,
     sampler: str = "ddpm",
     steps: int | None = None,
+    spacing: str = "even",
     eta: float = 0.0,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
@@ -225,13 +228,19 @@ def sample_images(
         Usually an :class:`~refdiff.runtime.OnnxDenoiser`; its ``xp`` picks NumPy or CuPy.
     n : int
         Samples of the whole run (all shards together), >= 1.
-    sampler : {"ddpm", "ddim"}
-        Ancestral sampling (Ho et al.) or DDIM (Song et al.) with stochasticity ``eta``.
+    sampler : str
+        One of :data:`refdiff.SAMPLERS`: ``ddpm`` (ancestral, Ho et al.), ``ddim`` (Song et al.,
+        stochasticity ``eta``), ``euler`` and ``heun`` (the probability-flow ODE, Karras et al.),
+        ``dpmpp_2m``, ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++, Lu et al.).
     steps : int, optional
-        Sampling steps; default T, the model's own. Fewer steps respace the schedule evenly
-        (:func:`~refdiff.space_timesteps`); works for both samplers.
+        Sampling steps; default T, the model's own. Fewer steps respace the schedule
+        (:func:`~refdiff.select_timesteps`); works for every sampler. Heun calls the model
+        2·steps - 1 times.
+    spacing : {"even", "logsnr", "karras"}
+        Which training timesteps ``steps`` picks: evenly spaced, uniform in log-SNR, or Karras
+        et al.'s σ spacing (ρ = 7).
     eta : float
-        DDIM's η (0: deterministic; 1: DDPM-like noise). Must be 0 for DDPM.
+        DDIM's η (0: deterministic; 1: DDPM-like noise). Must be 0 for the other samplers.
     seed : int
         The noise seed; sample ``i`` depends only on (seed, i), never on batch size or shard.
     shard : (K, N) or "K/N", optional
@@ -253,6 +262,7 @@ def sample_images(
         n,
         sampler=sampler,
         steps=steps,
+        spacing=spacing,
         eta=eta,
         seed=seed,
         shard=shard,
