@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..samplers import SAMPLERS
 from ._argtypes import fraction, value_range
 
 __all__ = ["add_parser", "overrides_from_args", "run"]
@@ -315,7 +316,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     rep.add_argument(
         "--mc-draws", type=int, metavar="N", help="timesteps per image for --eval-method mc"
     )
-    rep.add_argument("--sampler", choices=("ddpm", "ddim"), help="sampler of the sample grids")
+    rep.add_argument(
+        "--sampler",
+        choices=sorted(SAMPLERS),
+        help="sampler of the sample grids (refdiff.SAMPLERS; default ddpm)",
+    )
     rep.add_argument(
         "--sample-steps",
         type=int,

@@ -187,7 +187,8 @@ class TrainConfig:
     eval_method : {"full", "mc"}
         The full bound over all T steps, or an unbiased Monte-Carlo estimate with
         ``eval_mc_draws`` timesteps per image.
-    sampler : {"ddpm", "ddim"}
+    sampler : str
+        A name of :data:`refdiff.SAMPLERS` (``ddpm``, ``ddim``, ``dpmpp_2m``, ``heun``, ...).
     sample_steps : int or None
         Steps of the sampler (respaced schedule); None: all T.
     num_samples : int
