@@ -32,6 +32,7 @@ __all__ = [
     "max_timestep",
     "stop_gradient",
     "table_on",
+    "to_host",
 ]
 
 Array = Any
@@ -276,6 +277,19 @@ def _backend_log_ndtr(x: Array, xp: Any) -> Array:
         out = sc.log_ndtr(np.from_dlpack(x))
         return xp.asarray(np.asarray(out, dtype=out.dtype), device=device(x))
     raise TypeError(f"no log_ndtr for namespace {xp.__name__}")
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A host NumPy array of ``x`` (NumPy, CuPy, PyTorch, array-api-strict), without importing a
+    backend: an explicit copy to the host, for results that leave the device."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()
+    detach = getattr(x, "detach", None)
+    if callable(detach):  # torch
+        return detach().cpu().numpy()
+    return np.from_dlpack(x)
 
 
 def stop_gradient(x: Array) -> Array:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from .._array import to_host
 from .._deps import require
 from ..data import check_uint8_images, to_model_range
 from ..settings import Diffusion
-from ._arrays import mean_and_stderr, to_numpy
+from ._arrays import mean_and_stderr
 
 __all__ = ["BoundParts", "bits_per_dim", "bound_parts", "importance_timestep_probs"]
 
@@ -237,10 +238,10 @@ def bound_parts(
                 res = diffusion.bound(
                     denoiser, x, seed=seed, sample_indices=idx, progress=lambda *_: bar.update(1)
                 )
-                totals.append(to_numpy(res.total_bpd).astype(np.float64))
-                priors.append(to_numpy(res.prior_bpd).astype(np.float64))
-                terms_sum += to_numpy(res.terms_bpd).astype(np.float64).sum(axis=0)
-                mse_sum += to_numpy(res.x0_mse).astype(np.float64).sum(axis=0)
+                totals.append(to_host(res.total_bpd).astype(np.float64))
+                priors.append(to_host(res.prior_bpd).astype(np.float64))
+                terms_sum += to_host(res.terms_bpd).astype(np.float64).sum(axis=0)
+                mse_sum += to_host(res.x0_mse).astype(np.float64).sum(axis=0)
             parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
             parts.terms_sum, parts.mse_sum = terms_sum, mse_sum
             parts.seconds_full = time.perf_counter() - t0
@@ -256,8 +257,8 @@ def bound_parts(
                     seed=seed,
                     sample_indices=idx,
                 )
-                est.append(to_numpy(mc.estimate_bpd).astype(np.float64))
-                var.append(to_numpy(mc.stderr_bpd).astype(np.float64) ** 2)
+                est.append(to_host(mc.estimate_bpd).astype(np.float64))
+                var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
                 bar.update(1)
             parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
             parts.seconds_mc = time.perf_counter() - t0
@@ -305,7 +306,7 @@ def importance_timestep_probs(
     x = to_model_range(pilot, dtype)
     x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
     res = diffusion.bound(denoiser, x, seed=seed)
-    terms = to_numpy(res.terms_bpd).astype(np.float64)  # [B, T]
+    terms = to_host(res.terms_bpd).astype(np.float64)  # [B, T]
     rms = np.sqrt(np.mean(np.clip(terms, 0.0, None) ** 2, axis=0))
     T = rms.shape[0]
     shaped = rms / rms.sum() if rms.sum() > 0 else np.full(T, 1.0 / T)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .._array import to_host
 from ..oracle import GaussianMixture
 from ..settings import Diffusion
-from ._arrays import mean_and_stderr, to_numpy
+from ._arrays import mean_and_stderr
 
 __all__ = ["toy_bound_gap", "toy_mixture_report"]
 
@@ -58,7 +59,7 @@ def toy_mixture_report(
         missed) reveal.
     """
     oracle = _mixture(mixture)
-    x = np.asarray(to_numpy(samples), dtype=np.float64)
+    x = np.asarray(to_host(samples), dtype=np.float64)
     if x.ndim < 2:
         raise ValueError(f"samples must have shape [N, D], got {x.shape}")
     x = x.reshape(x.shape[0], -1)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._array import to_host
 from .._io import check_output_file, make_dir, write_npz
 from ..samplers import SAMPLERS, Callback
 from ..settings import Diffusion
@@ -118,14 +119,6 @@ def to_uint8(x: np.ndarray, data_range: tuple[float, float] = (-1.0, 1.0)) -> np
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
-def _to_host(x: Any) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    if type(x).__module__.split(".")[0] == "cupy":
-        return x.get()
-    return np.from_dlpack(x)
-
-
 def sample_array(
     denoiser: Denoiser,
     n: int,
@@ -202,7 +195,7 @@ def sample_array(
                 callback=step_done,
                 **options,
             )
-            out[lo - start : hi - start] = _to_host(x)
+            out[lo - start : hi - start] = to_host(x)
     return out
 
 
