@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import check_output_file
+from ._argtypes import non_negative_float, positive_int_list
 
 __all__ = ["add_parser", "run_check", "run_export"]
 
@@ -43,28 +44,6 @@ examples:
   refdiff check cifar10.onnx ddpm-cifar10
       a file exported from a diffusers folder, against that folder's UNet
 """
-
-
-def _positive_int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,3, got {text!r}")
-    return values
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -126,13 +105,13 @@ def add_parser(subparsers: Any) -> None:
     )
     c.add_argument(
         "--batch-sizes",
-        type=_positive_int_list,
+        type=positive_int_list,
         default=(1, 3),
         metavar="B1,B2",
         help="batch sizes to run (default: 1,3)",
     )
-    c.add_argument("--atol", type=_non_negative_float, default=None, help="absolute tolerance")
-    c.add_argument("--rtol", type=_non_negative_float, default=None, help="relative tolerance")
+    c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance")
+    c.add_argument("--rtol", type=non_negative_float, default=None, help="relative tolerance")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     c.set_defaults(func=run_check)
 

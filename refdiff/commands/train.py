@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..samplers import SAMPLERS
-from ._argtypes import fraction, value_range
+from ._argtypes import fraction, int_list, value_range
 
 __all__ = ["add_parser", "overrides_from_args", "run"]
 
@@ -47,18 +47,6 @@ _EPILOG = textwrap.dedent(
     See docs/training.md for the config file format and more.
     """
 )
-
-
-def _int_list(text: str) -> list[int]:
-    text = text.strip()
-    if not text:
-        return []
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
 
 
 # flag destination -> dotted config key
@@ -224,14 +212,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     net.add_argument("--base-channels", type=int, metavar="N", help="channels of the first level")
     net.add_argument(
         "--channel-mult",
-        type=_int_list,
+        type=int_list,
         metavar="LIST",
         help="channel multiplier per resolution level, e.g. 1,2,2,2",
     )
     net.add_argument("--num-res-blocks", type=int, metavar="N", help="residual blocks per level")
     net.add_argument(
         "--attention-resolutions",
-        type=_int_list,
+        type=int_list,
         metavar="LIST",
         help="resolutions (pixels) with self-attention, e.g. 16 ('' for none)",
     )
