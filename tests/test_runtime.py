@@ -584,3 +584,22 @@ def test_cuda_cli_sample(tiny_onnx, cuda_denoiser, tmp_path):
     cpu = sample_images(OnnxDenoiser(tiny_onnx), 4, sampler="ddim", steps=5, progress=False)
     got = np.load(out.with_suffix(".npz"))["images"]
     assert np.abs(got.astype(int) - cpu.astype(int)).max() <= 1
+
+
+def test_save_samples_writes_every_sample_and_a_grid_of_the_first(tmp_path):
+    from PIL import Image
+
+    from refdiff.runtime import save_samples
+
+    images = np.arange(10 * 64, dtype=np.uint8).reshape(10, 1, 8, 8)
+    png, npz = save_samples(
+        images, tmp_path / "new" / "s.png", indices=np.arange(5, 15), seed=3, grid_limit=4
+    )
+    with np.load(npz) as f:
+        np.testing.assert_array_equal(f["images"], images)
+        assert f["indices"].tolist() == list(range(5, 15)) and int(f["seed"]) == 3
+    with Image.open(png) as im:  # 2 x 2 images of 8 x 8 pixels at scale 4, 2-pixel padding
+        assert im.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)
+    with pytest.raises(ValueError, match="one index per image"):
+        save_samples(images, tmp_path / "t.png", indices=np.arange(3), seed=0)
+    assert not (tmp_path / "t.png").exists() and not (tmp_path / "t.npz").exists()

@@ -286,8 +286,10 @@ def save_samples(
     seed: int,
     info: dict[str, Any] | None = None,
     nrow: int | None = None,
+    grid_limit: int | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``images`` (uint8 [N, C, H, W]) as an .npz and a PNG grid at ``path`` (beside it).
+    """Write ``images`` (uint8 [N, C, H, W]) as an .npz and a PNG grid at ``path`` (beside it);
+    the grid shows the first ``grid_limit`` images (default all), the .npz holds them all.
 
     The .npz holds ``images``, their global ``indices``, the ``seed`` (uint64) and the scalar
     entries of ``info`` (sampler, steps, eta, n, ...), so shards can be merged and re-checked.
@@ -306,5 +308,6 @@ def save_samples(
     make_dir(png.parent)
     write_npz(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
     h, w = images.shape[2:]
-    save_grid(images, png, nrow=nrow, scale=max(1, 32 // max(h, w)))
+    shown = images if grid_limit is None else images[: max(1, int(grid_limit))]
+    save_grid(shown, png, nrow=nrow, scale=max(1, 32 // max(h, w)))
     return png, npz
