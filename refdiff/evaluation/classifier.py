@@ -1,6 +1,6 @@
 """A small digits classifier, trained by refdiff itself, whose features score generated digits.
 
-The Fréchet distance of :mod:`refdiff.evaluation.metrics` needs a feature space in which digits
+The Fréchet distance of :mod:`refdiff.evaluation.quality` needs a feature space in which digits
 that look alike lie close together. Inception features (FID) make no sense for 8x8 grey digits, so
 refdiff trains its own: a one-hidden-layer network (64 tanh units, softmax over the 10 classes) on
 the *training* split of :func:`refdiff.data.load_digits`, pixels scaled to [0, 1].

@@ -116,7 +116,7 @@ def toy_bound_gap(
     Gaussian decoder (``decoder="gaussian"``: the toys are real-valued) and the exact -log q(x_0),
     and reports their difference. The bound is ≥ the NLL in expectation (Jensen), so the gap is
     ≥ 0 up to its standard error; it is the sum of KL(q(x_T) ‖ N(0, I)) and the reverse process's
-    mismatch with the true one. The exact denoiser of :class:`refdiff.GaussianMixtureOracle` with
+    mismatch with the true one. The exact denoiser of :class:`refdiff.GaussianMixture` with
     its exact variance leaves only the prior term for a single Gaussian.
 
     Parameters
