@@ -34,7 +34,7 @@ from .bound import BoundResult, MonteCarloBound, variational_bound, variational_
 from .forward import q_sample
 from .losses import LossTerms, check_data_range, check_num_bins, training_losses
 from .reverse import PMeanVariance, p_mean_variance
-from .samplers import Callback, sample
+from .samplers import Callback, recommended_spacing, sample
 from .schedules import Schedule, get_schedule, select_timesteps
 
 __all__ = ["Diffusion"]
@@ -282,7 +282,7 @@ class Diffusion:
         *,
         sampler: str = "ddpm",
         steps: int | None = None,
-        spacing: Spacing | str = Spacing.EVEN,
+        spacing: Spacing | str | None = None,
         seed: int = 0,
         sample_indices: Array | None = None,
         xp: Any = None,
@@ -293,8 +293,11 @@ class Diffusion:
     ) -> Array:
         """``n`` samples of ``image_shape`` with the sampler called ``sampler`` (one of
         :data:`refdiff.SAMPLERS`) over ``steps`` training timesteps picked by ``spacing`` (default
-        all T; :meth:`sampling_schedule`): :func:`refdiff.sample` with these settings.
+        all T; :meth:`sampling_schedule`; default spacing: the sampler's
+        :func:`refdiff.samplers.recommended_spacing`): :func:`refdiff.sample` with these settings.
         ``options`` go to the sampler (``eta`` for DDIM, ``x_T``, ``noise``, ``fused``)."""
+        if spacing is None:
+            spacing = recommended_spacing(sampler)
         return sample(
             sampler,
             self.sampling_schedule(steps, spacing),

@@ -307,3 +307,22 @@ def test_dpmpp_2m_equals_diffusers(prediction, steps, spacing):
     ours = rd.dpmpp_2m_sample(base.respace(k), den, (16, 4), **kw)
     np.testing.assert_allclose(ours_same_table, theirs, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_each_sampler_gets_its_recommended_spacing_by_default():
+    """dpmpp_3m breaks down on evenly spaced steps; without a spacing it gets log-SNR steps."""
+    from refdiff.samplers import recommended_spacing
+
+    assert recommended_spacing("dpmpp_3m") == rd.Spacing.LOGSNR
+    assert {recommended_spacing(n) for n in rd.SAMPLERS if n != "dpmpp_3m"} == {rd.Spacing.EVEN}
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        recommended_spacing("nope")
+    d = rd.Diffusion(get_schedule("cosine", 100), prediction="v", image_shape=(1, 1, 1))
+    den = lambda x, t: 0.1 * x  # noqa: E731
+    default = d.sample(den, 3, sampler="dpmpp_3m", steps=8)
+    np.testing.assert_array_equal(
+        default, d.sample(den, 3, sampler="dpmpp_3m", steps=8, spacing="logsnr")
+    )
+    assert not np.array_equal(
+        default, d.sample(den, 3, sampler="dpmpp_3m", steps=8, spacing="even")
+    )

@@ -81,10 +81,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--spacing",
         choices=tuple(s.value for s in Spacing),
-        default="even",
+        default=None,
         help=(
             "which of the model's timesteps --steps picks: even (evenly spaced), logsnr (uniform "
-            "in log-SNR), karras (Karras et al.'s sigma spacing, rho = 7) (default: even)"
+            "in log-SNR), karras (Karras et al.'s sigma spacing, rho = 7) (default: logsnr for "
+            "dpmpp_3m, which needs it, even for the others)"
         ),
     )
     p.add_argument(
@@ -126,6 +127,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..runtime import OnnxDenoiser
     from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
+    from ..samplers import recommended_spacing
 
     if args.sampler != "ddim" and args.eta != 0:
         raise ValueError(
@@ -144,13 +146,17 @@ def run(args: argparse.Namespace) -> int:
         f"{denoiser.diffusion.prediction} prediction, {denoiser.diffusion.variance} variance; "
         f"on {denoiser.device} via {denoiser.providers[0]}"
     )
-    print(f"sampling {stop - start} of {args.n} samples{where} with {args.sampler}, {steps} steps")
+    spacing = args.spacing or recommended_spacing(args.sampler).value
+    print(
+        f"sampling {stop - start} of {args.n} samples{where} with {args.sampler}, {steps} steps"
+        + ("" if steps == T else f" ({spacing} spacing)")
+    )
     images = sample_images(
         denoiser,
         args.n,
         sampler=args.sampler,
         steps=args.steps,
-        spacing=args.spacing,
+        spacing=spacing,
         eta=args.eta,
         seed=args.seed,
         shard=args.shard,
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     info = {
         "sampler": args.sampler,
         "steps": steps,
-        "spacing": args.spacing,
+        "spacing": spacing,
         "eta": args.eta,
         "n": args.n,
         "model": str(args.model),

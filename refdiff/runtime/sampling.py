@@ -25,7 +25,7 @@ import numpy as np
 
 from .._array import to_host
 from .._io import check_output_file, make_dir, write_npz
-from ..samplers import SAMPLERS, Callback
+from ..samplers import SAMPLERS, Callback, recommended_spacing
 from ..settings import Diffusion
 
 __all__ = [
@@ -125,7 +125,7 @@ def sample_array(
     *,
     sampler: str = "ddpm",
     steps: int | None = None,
-    spacing: str = "even",
+    spacing: str | None = None,
     eta: float = 0.0,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
@@ -155,6 +155,8 @@ def sample_array(
     shard = parse_shard(shard)
     start, stop = shard_range(n, shard)
     d: Diffusion = denoiser.diffusion
+    if spacing is None:
+        spacing = recommended_spacing(sampler)
     schedule = d.sampling_schedule(steps, spacing)
     xp = getattr(denoiser, "xp", None)
     if xp is None:
@@ -205,7 +207,7 @@ def sample_images(
     *,
     sampler: str = "ddpm",
     steps: int | None = None,
-    spacing: str = "even",
+    spacing: str | None = None,
     eta: float = 0.0,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
@@ -229,9 +231,11 @@ def sample_images(
         Sampling steps; default T, the model's own. Fewer steps respace the schedule
         (:func:`~refdiff.select_timesteps`); works for every sampler. Heun calls the model
         2·steps - 1 times.
-    spacing : {"even", "logsnr", "karras"}
+    spacing : {"even", "logsnr", "karras"}, optional
         Which training timesteps ``steps`` picks: evenly spaced, uniform in log-SNR, or Karras
-        et al.'s σ spacing (ρ = 7).
+        et al.'s σ spacing (ρ = 7). Default: the sampler's
+        :func:`refdiff.samplers.recommended_spacing` (``logsnr`` for ``dpmpp_3m``, ``even`` for
+        the others).
     eta : float
         DDIM's η (0: deterministic; 1: DDPM-like noise). Must be 0 for the other samplers.
     seed : int
