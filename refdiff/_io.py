@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "check_writable_folder",
-    "current_umask",
+    "create_temporary",
     "describe_os_error",
     "fsync_dir",
     "make_dir",
@@ -67,11 +68,22 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def current_umask() -> int:
-    """The process's umask (read without changing it for long)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def unique_name(folder: Path, stem: str, suffix: str = "") -> Path:
+    """A fresh hidden name ``TMP_PREFIX + stem + .<random> + suffix`` in ``folder``."""
+    return folder / f"{TMP_PREFIX}{stem}.{secrets.token_hex(6)}{suffix}"
+
+
+def create_temporary(folder: Path, stem: str, suffix: str = "") -> Path:
+    """Create an empty file under a fresh hidden name in ``folder``, with the permissions the
+    umask gives a new file (the kernel applies it: no global state is touched), and return it."""
+    for _ in range(100):
+        tmp = unique_name(folder, stem, suffix)
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name for {stem!r} in {str(folder)!r}")
 
 
 def make_dir(path: str | os.PathLike[str]) -> Path:
@@ -160,15 +172,10 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     """
     final = Path(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=TMP_PREFIX + final.name + ".", suffix=suffix, dir=final.parent
-        )
+        tmp = create_temporary(final.parent, final.name, suffix)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, final)) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

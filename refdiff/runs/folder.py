@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import OutputError, current_umask, describe_os_error, fsync_dir, make_dir
+from .._io import OutputError, describe_os_error, fsync_dir, make_dir
 from .train_config import TrainConfig
 
 __all__ = [
@@ -287,12 +288,12 @@ def write_checkpoint_folder(
     parent = make_dir(run.checkpoints_dir)
     final = run.checkpoint(int(step))
     files = {**blobs, "state.json": seal_state(state, blobs)}
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
+    try:  # mkdir applies the umask to the folder's mode (mkdtemp would make it 0700)
+        tmp = parent / f".tmp-{final.name}-{secrets.token_hex(6)}"
+        tmp.mkdir()
     except OSError as exc:
         raise OutputError(describe_os_error(exc, final, "write the checkpoint")) from None
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())
         for name, data in files.items():
             _write_synced(tmp / name, data)
         fsync_dir(tmp)
