@@ -1,5 +1,5 @@
 """The variational bound of a denoiser on data: the full pass over all T steps, and an unbiased
-Monte-Carlo estimate over uniform or importance-sampled timesteps.
+Monte-Carlo estimate that computes the dominant terms exactly and stratifies the rest.
 
 A *denoiser* is any callable ``denoiser(x_t, t) -> model_output`` on arrays of one backend, with
 ``t`` the integer timestep indices [B] of the schedule the model was trained with (for a respaced
@@ -26,6 +26,8 @@ __all__ = [
     "BoundResult",
     "Denoiser",
     "MonteCarloBound",
+    "MonteCarloPlan",
+    "mc_plan",
     "variational_bound",
     "variational_bound_mc",
 ]
@@ -153,11 +155,92 @@ def variational_bound(
 
 
 class MonteCarloBound(NamedTuple):
-    """An unbiased estimate of the bound per example (bits/dim) and its standard error."""
+    """An unbiased estimate of the bound per example (bits/dim) and its standard error.
+
+    ``stderr_bpd`` [B] comes from ``groups`` pairs of neighbouring strata per example (their
+    degrees of freedom); ``exact_timesteps`` are the indices computed exactly for every example
+    (the decoder L_0 first); an example costs ``len(exact_timesteps) + num_draws`` network calls.
+    """
 
     estimate_bpd: Array
     stderr_bpd: Array
     num_draws: int
+    exact_timesteps: tuple[int, ...] = ()
+    groups: int = 0
+
+
+class MonteCarloPlan(NamedTuple):
+    """How :func:`variational_bound_mc` spends its network calls: the indices ``exact`` computed
+    for every example, and the ``tail`` indices (ascending) drawn with probabilities
+    ``tail_probs`` (float64, summing to 1) by ``num_draws`` strata of equal probability."""
+
+    exact: np.ndarray
+    tail: np.ndarray
+    tail_probs: np.ndarray
+    num_draws: int
+
+
+def _check_draws(num_draws: int) -> int:
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2:
+        raise ValueError(f"num_draws must be an int >= 2 (for a standard error), got {num_draws!r}")
+    return num_draws
+
+
+def mc_plan(
+    schedule: Any,
+    num_draws: int = 16,
+    timestep_probs: np.ndarray | None = None,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+) -> MonteCarloPlan:
+    """Which terms the Monte-Carlo bound computes exactly, and how it draws the others.
+
+    The proposal p(t) over the KL terms t ≥ 1 is ``timestep_probs`` or, by default, the most a
+    step can cost on data of the range's largest variance v = ((hi − lo) / 2)²: with the log-SNR
+    λ = log(ᾱ / (1 − ᾱ)), p(t) ∝ (λ_{t-1} − λ_t) σ(λ_t + log v) (σ the logistic function). By the
+    I-MMSE relation (Guo, Shamai & Verdú 2005; Kingma et al. 2021), a denoiser as good as the
+    noise allows spends ½ SNR · mmse(λ) nats per unit of log-SNR and dimension, and
+    mmse ≤ v / (1 + SNR v), the Gaussian's, so the terms follow this envelope: about flat in λ
+    where the signal dominates, vanishing where the noise does. Computed exactly for every
+    example: the decoder L_0 and the first KL term L_1 (which carry most of the bits of 8-bit
+    images), and every t with ``num_draws · p(t) ≥ 1`` (p renormalised over what is left, until
+    none is): a term a draw would over-represent is cheaper to compute than to sample (survey
+    sampling's certainty units). A share that is not finite (the last step of a zero-terminal-SNR
+    schedule) is exact too, and when the exact terms and the draws would cost T calls or more,
+    every term is.
+
+    Returns
+    -------
+    MonteCarloPlan
+    """
+    num_draws = _check_draws(num_draws)
+    T = schedule.num_timesteps
+    if timestep_probs is None:
+        lam = np.asarray(schedule.log_snr, dtype=np.float64)
+        log_v = 2.0 * math.log((float(data_range[1]) - float(data_range[0])) / 2.0)
+        with np.errstate(invalid="ignore"):  # -inf λ (zero terminal SNR): nan, made exact below
+            envelope = 0.5 * (1.0 + np.tanh(0.5 * (lam + log_v)))  # σ(λ + log v), stably
+            weights = np.concatenate([[np.inf], (lam[:-1] - lam[1:]) * envelope[1:]])
+    else:
+        weights = np.asarray(timestep_probs, dtype=np.float64)
+        if weights.shape != (T,) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            raise ValueError(f"timestep_probs must be {T} positive finite numbers")
+        if abs(weights.sum() - 1.0) > 1e-9:
+            raise ValueError(f"timestep_probs must sum to 1, got {weights.sum()}")
+    exact = np.zeros(T, dtype=bool)
+    exact[: min(T, 2)] = True
+    exact |= ~np.isfinite(weights) | ~(weights > 0)
+    while not exact.all():
+        share = np.where(exact, 0.0, weights)
+        share = share / share.sum()
+        certain = ~exact & (num_draws * share >= 1.0)
+        if not certain.any():
+            break
+        exact |= certain
+    if exact.sum() + num_draws >= T:  # the full pass is no dearer
+        exact[:] = True
+    tail = np.flatnonzero(~exact)
+    probs = weights[tail] / weights[tail].sum() if tail.size else np.zeros(0)
+    return MonteCarloPlan(np.flatnonzero(exact), tail, probs, num_draws)
 
 
 def variational_bound_mc(
@@ -175,44 +258,72 @@ def variational_bound_mc(
     num_bins: int = 256,
     seed: int = 0,
     sample_indices: Array | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MonteCarloBound:
-    """Unbiased Monte-Carlo estimate of the bound: L_T + E_{t~p}[L_{t-1} / p(t)].
+    """Unbiased Monte-Carlo estimate of the bound, with an honest standard error.
 
-    ``timestep_probs`` (length T, positive, summing to 1) gives importance sampling; None is the
-    uniform p(t) = 1/T. Each draw picks t by inverse CDF from a counter-based uniform and x_t from
-    counter-based noise, so the estimate depends only on (seed, sample index).
+    L_T (closed form) and the terms of :func:`mc_plan`'s ``exact`` indices (the decoder L_0, L_1
+    and every term a draw would over-represent) are computed for every example; the other terms
+    are estimated by stratified sampling: ``num_draws`` strata of equal probability under the
+    plan's proposal p, one t per stratum and example, each term weighted by 1 / (num_draws p(t)).
+    Every term is evaluated at the x_t of :func:`variational_bound` with the same seed (noise
+    step = t), so the estimate is unbiased for the full bound of that seed, and its standard
+    error is the spread of that estimate over the timestep draws. The error comes from pairs of
+    neighbouring strata (collapsed strata: unbiased for the variance plus the squared difference
+    of the pair's means, hence never too small on average); its degrees of freedom are
+    ``num_draws // 2`` per example.
+
+    ``timestep_probs`` (length T, positive, summing to 1; its entries at the exact indices are
+    unused) replaces the schedule's proposal, e.g. one fitted on a pilot run. The draws
+    are counter-based (seed, sample index, step T + k), so an example's estimate depends only on
+    (seed, sample index). ``progress(i, n)`` is called after each of the n network calls.
     """
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2:
-        raise ValueError(f"num_draws must be an int >= 2 (for a standard error), got {num_draws!r}")
+    plan = mc_plan(schedule, num_draws, timestep_probs, check_data_range(data_range))
     T = schedule.num_timesteps
-    if timestep_probs is None:
-        probs = np.full(T, 1.0 / T)
-    else:
-        probs = np.asarray(timestep_probs, dtype=np.float64)
-        if probs.shape != (T,) or not np.all(np.isfinite(probs)) or np.any(probs <= 0):
-            raise ValueError(f"timestep_probs must be {T} positive finite numbers")
-        if abs(probs.sum() - 1.0) > 1e-9:
-            raise ValueError(f"timestep_probs must sum to 1, got {probs.sum()}")
     settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
     xp, idx, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
     dims = math.prod(x_start.shape[1:])
-    dev = device(x_start)
-    cdf = np.cumsum(probs)
+    B, dev = x_start.shape[0], device(x_start)
+    calls = plan.exact.size + (num_draws if plan.tail.size else 0)
+    done = 0
+
+    def called() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, calls)
+
+    total = prior_kl(schedule, x_start) / (dims * LN2)
+    for t_int in plan.exact.tolist():
+        t = xp.full((B,), t_int, dtype=xp.int64, device=dev)
+        total = total + term(t, t_int).nats / (dims * LN2)
+        called()
+    if plan.tail.size == 0:  # every term exact: the full bound
+        zero = xp.zeros_like(total)
+        return MonteCarloBound(total, zero, num_draws, tuple(plan.exact.tolist()), 0)
+    cdf = np.cumsum(plan.tail_probs)
     cdf[-1] = 1.0
-    cdf_x = table_on(cdf, xp, dev)
-    probs_x = table_on(probs, xp, dev)
+    cdf_x, tail_x = table_on(cdf, xp, dev), table_on(plan.tail, xp, dev)
+    probs_x = table_on(plan.tail_probs, xp, dev)
     draws = []
     for k in range(num_draws):
-        # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
-        # a contiguous copy of the column: torch's searchsorted warns on strided input
-        u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
-        t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
-        t = xp.astype(t, xp.int64)
-        nats = term(t, 2 * k + 1).nats
-        w = xp.astype(xp.take(probs_x, t, axis=0), nats.dtype)
-        draws.append(nats / w / (dims * LN2))
-    stacked = xp.stack(draws, axis=1)
-    prior_bpd = prior_kl(schedule, x_start) / (dims * LN2)
-    mean = xp.mean(stacked, axis=1)
-    std = xp.std(stacked, axis=1, correction=1)
-    return MonteCarloBound(prior_bpd + mean, std / math.sqrt(num_draws), num_draws)
+        # stratum k of the proposal's CDF; a contiguous copy: torch's searchsorted warns on strided
+        u = xp.astype(uniform_open(seed, idx, T + k, 1, xp, dev)[:, 0], xp.float64, copy=True)
+        pos = xp.minimum(xp.searchsorted(cdf_x, (k + u) / num_draws), plan.tail.size - 1)
+        t = xp.astype(xp.take(tail_x, pos, axis=0), xp.int64)
+        nats = term(t, t).nats
+        w = xp.astype(xp.take(probs_x, pos, axis=0), nats.dtype)
+        draws.append(nats / (w * (dims * LN2)))
+        called()
+    f = xp.stack(draws, axis=1)  # [B, num_draws]: each stratum's estimate of the tail's sum
+    total = total + xp.mean(f, axis=1)
+    # pairs of neighbouring strata, the last three together when num_draws is odd
+    groups = num_draws // 2
+    var = xp.zeros_like(total)
+    for g in range(groups):
+        stop = num_draws if g == groups - 1 else 2 * g + 2
+        part = f[:, 2 * g : stop]
+        m = stop - 2 * g
+        var = var + m / (m - 1) * xp.sum((part - xp.mean(part, axis=1)[:, None]) ** 2, axis=1)
+    stderr = xp.sqrt(var) / num_draws
+    return MonteCarloBound(total, stderr, num_draws, tuple(plan.exact.tolist()), groups)

@@ -262,6 +262,7 @@ class Diffusion:
         timestep_probs: Any = None,
         seed: int = 0,
         sample_indices: Array | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> MonteCarloBound:
         """An unbiased Monte-Carlo estimate of the bound (:func:`refdiff.variational_bound_mc`)."""
         return variational_bound_mc(
@@ -272,6 +273,7 @@ class Diffusion:
             timestep_probs=timestep_probs,
             seed=seed,
             sample_indices=sample_indices,
+            progress=progress,
             **self._bound_settings(),
         )
 

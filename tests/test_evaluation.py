@@ -235,10 +235,10 @@ def test_importance_sampled_estimate_is_unbiased_and_less_noisy():
     probs = importance_timestep_probs(den, cfg, pilot, dtype=np.float64)
     assert probs.shape == (50,) and np.all(probs > 0) and probs.sum() == pytest.approx(1.0)
     kw = {"num_draws": 8, "progress": False, "dtype": np.float64}
-    uniform = bits_per_dim(den, cfg, images, **kw)
+    schedule = bits_per_dim(den, cfg, images, **kw)
     imp = bits_per_dim(den, cfg, images, timestep_probs=probs, **kw)
-    assert imp["mc_timesteps"] == "importance" and uniform["mc_timesteps"] == "uniform"
-    assert imp["bpd_mc_stderr"] < 0.5 * uniform["bpd_mc_stderr"]
+    assert imp["mc_timesteps"] == "importance" and schedule["mc_timesteps"] == "schedule"
+    assert imp["bpd_mc_stderr"] < 0.5 * schedule["bpd_mc_stderr"]
     assert abs(imp["bpd_mc"] - imp["bpd_full"]) < 4 * imp["bpd_mc_stderr"]
     with pytest.raises(ValueError, match="pilot image"):
         importance_timestep_probs(den, cfg, images.reshape(64, 1, 4, 1))

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from .._array import to_host
 from .._deps import require
+from ..bound import mc_plan
 from ..data import check_uint8_images, to_model_range
 from ..settings import Diffusion
 from ._arrays import mean_and_stderr
@@ -60,8 +62,9 @@ def bits_per_dim(
     progress : bool
         Show a tqdm progress bar (on stderr).
     timestep_probs : array_like [T], optional
-        Importance distribution of the Monte-Carlo estimate's timesteps (positive, summing to 1;
-        see :func:`importance_timestep_probs`); default uniform. Either way it is unbiased.
+        Proposal of the Monte-Carlo estimate's timesteps (positive, summing to 1; see
+        :func:`importance_timestep_probs`); default the schedule's envelope
+        (:func:`refdiff.mc_plan`). Either way it is unbiased.
     indices : array_like of int [N], optional
         The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
         A process evaluating a shard of a larger set passes its images' indices.
@@ -78,9 +81,12 @@ def bits_per_dim(
         images), ``prior_bpd`` (L_T), ``terms_bpd`` (float64 [T]: the mean of each L_t in bits/dim,
         index t as in the code, so ``terms_bpd[0]`` is the decoder term L_0) and ``x0_mse``
         ([T]); ``bpd_mc`` and ``bpd_mc_stderr`` (the Monte-Carlo noise of that estimate:
-        sqrt(Σ_i se_i²) / N, how far it may be from the full bound on these images); ``None``
-        for parts not computed. Also ``num_images``, ``num_draws``, ``T`` and the seconds each
-        part took.
+        sqrt(Σ_i se_i²) / N, how far it may be from the full bound of the same seed on these
+        images), ``bpd_mc_interval`` (its 95 % interval: ± Student's t quantile at the
+        Welch-Satterthwaite degrees of freedom ``mc_dof`` times the standard error),
+        ``mc_exact_timesteps`` and ``mc_calls_per_image`` (see :func:`refdiff.mc_plan`);
+        ``None`` for parts not computed. Also ``num_images``, ``num_draws``, ``T`` and the
+        seconds each part took.
     """
     return bound_parts(denoiser, diffusion, images_uint8, **options).summary()
 
@@ -90,7 +96,9 @@ class BoundParts:
     """The bound's pieces per image (float64 NumPy), before they are averaged: the full bound
     ``total`` [N] and ``prior`` [N] with the per-timestep sums ``terms_sum`` and ``mse_sum`` [T]
     (None without the full pass), the Monte-Carlo ``mc_estimate`` [N] and its variance
-    ``mc_var`` [N] (None without draws). Shards of one evaluation are joined with :meth:`join`."""
+    ``mc_var`` [N] (None without draws), from ``mc_groups`` pairs of strata per image and with
+    the ``mc_exact`` terms computed exactly. Shards of one evaluation are joined with
+    :meth:`join`."""
 
     T: int
     seed: int
@@ -102,6 +110,8 @@ class BoundParts:
     mse_sum: np.ndarray | None = None
     mc_estimate: np.ndarray | None = None
     mc_var: np.ndarray | None = None
+    mc_groups: int = 0
+    mc_exact: tuple[int, ...] = ()
     seconds_full: float | None = None
     seconds_mc: float | None = None
 
@@ -146,6 +156,10 @@ class BoundParts:
             "x0_mse": None,
             "bpd_mc": None,
             "bpd_mc_stderr": None,
+            "bpd_mc_interval": None,
+            "mc_dof": None,
+            "mc_exact_timesteps": None,
+            "mc_calls_per_image": None,
             "seconds_full": self.seconds_full,
             "seconds_mc": self.seconds_mc,
         }
@@ -155,8 +169,17 @@ class BoundParts:
             result["terms_bpd"] = self.terms_sum / n
             result["x0_mse"] = self.mse_sum / n
         if self.mc_estimate is not None:
-            result["bpd_mc"] = float(self.mc_estimate.mean())
-            result["bpd_mc_stderr"] = float(math.sqrt(self.mc_var.sum()) / n)
+            mean, var = float(self.mc_estimate.mean()), self.mc_var
+            se = math.sqrt(var.sum()) / n
+            # Welch-Satterthwaite: the images' variance estimates, mc_groups d.o.f. each
+            dof = var.sum() ** 2 / ((var**2).sum() / self.mc_groups) if var.sum() > 0 else math.inf
+            half = float(stats.t.ppf(0.975, dof)) * se if se > 0 else 0.0
+            result["bpd_mc"], result["bpd_mc_stderr"] = mean, se
+            result["bpd_mc_interval"] = [mean - half, mean + half]
+            result["mc_dof"] = float(dof)
+            result["mc_exact_timesteps"] = list(self.mc_exact)
+            drawn = self.num_draws if len(self.mc_exact) < self.T else 0
+            result["mc_calls_per_image"] = len(self.mc_exact) + drawn
         return result
 
 
@@ -212,8 +235,17 @@ def bound_parts(
     T = diffusion.num_timesteps
     x_all = to_model_range(images, dtype)
     starts = range(0, n, batch_size)
-    total = len(starts) * ((T if full else 0) + (1 if num_draws else 0))
+    plan = (
+        mc_plan(diffusion.schedule, num_draws, timestep_probs, diffusion.data_range)
+        if num_draws
+        else None
+    )
+    mc_calls = 0 if plan is None else plan.exact.size + (num_draws if plan.tail.size else 0)
+    total = len(starts) * ((T if full else 0) + mc_calls)
     bar = tqdm(total=total, desc="bits/dim", unit="call", disable=not progress, leave=False)
+
+    def tick(*_: Any) -> None:
+        bar.update(1)
 
     def arr(a: np.ndarray) -> Any:
         return xp.asarray(a) if device is None else xp.asarray(a, device=device)
@@ -227,7 +259,7 @@ def bound_parts(
         T=T,
         seed=seed,
         num_draws=num_draws,
-        mc_timesteps="uniform" if timestep_probs is None else "importance",
+        mc_timesteps="schedule" if timestep_probs is None else "importance",
     )
     try:
         if full:
@@ -235,9 +267,7 @@ def bound_parts(
             totals, priors = [], []
             terms_sum, mse_sum = np.zeros(T), np.zeros(T)
             for x, idx in batches():
-                res = diffusion.bound(
-                    denoiser, x, seed=seed, sample_indices=idx, progress=lambda *_: bar.update(1)
-                )
+                res = diffusion.bound(denoiser, x, seed=seed, sample_indices=idx, progress=tick)
                 totals.append(to_host(res.total_bpd).astype(np.float64))
                 priors.append(to_host(res.prior_bpd).astype(np.float64))
                 terms_sum += to_host(res.terms_bpd).astype(np.float64).sum(axis=0)
@@ -256,11 +286,12 @@ def bound_parts(
                     timestep_probs=timestep_probs,
                     seed=seed,
                     sample_indices=idx,
+                    progress=tick,
                 )
                 est.append(to_host(mc.estimate_bpd).astype(np.float64))
                 var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
-                bar.update(1)
             parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
+            parts.mc_groups, parts.mc_exact = mc.groups, mc.exact_timesteps
             parts.seconds_mc = time.perf_counter() - t0
     finally:
         bar.close()
@@ -277,6 +308,7 @@ def importance_timestep_probs(
     dtype: Any = np.float32,
     xp: Any = None,
     device: Any = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """A timestep distribution for the Monte-Carlo bound, from a pilot run of the full bound.
 
@@ -284,7 +316,7 @@ def importance_timestep_probs(
     loss-second-moment sampler). The second moments are measured on a few pilot images, which
     should not be the images evaluated (training images, say), so that p stays independent of
     them and the estimate unbiased; a ``uniform_share`` of uniform probability is mixed in so that
-    no timestep is starved. Costs T denoiser calls on the pilot batch.
+    no timestep is starved. Costs T denoiser calls on the pilot batch (a tqdm bar with ``progress``).
 
     Returns
     -------
@@ -305,10 +337,12 @@ def importance_timestep_probs(
         import array_api_compat.numpy as xp
     x = to_model_range(pilot, dtype)
     x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
-    res = diffusion.bound(denoiser, x, seed=seed)
+    tqdm = require("tqdm", "eval", "progress bars").tqdm
+    T = diffusion.num_timesteps
+    with tqdm(total=T, desc="pilot", unit="call", disable=not progress, leave=False) as bar:
+        res = diffusion.bound(denoiser, x, seed=seed, progress=lambda *_: bar.update(1))
     terms = to_host(res.terms_bpd).astype(np.float64)  # [B, T]
     rms = np.sqrt(np.mean(np.clip(terms, 0.0, None) ** 2, axis=0))
-    T = rms.shape[0]
     shaped = rms / rms.sum() if rms.sum() > 0 else np.full(T, 1.0 / T)
     probs = (1.0 - uniform_share) * shaped + uniform_share / T
     return probs / probs.sum()
