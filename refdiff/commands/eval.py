@@ -100,6 +100,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "-1,1 for floats)",
     )
     p.add_argument(
+        "--npz-key",
+        metavar="KEY",
+        default=None,
+        help=".npz files: the array holding the images (default: 'images', or the only array)",
+    )
+    p.add_argument(
         "--n-images",
         metavar="N",
         type=non_negative_int,
@@ -111,22 +117,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NPZ",
         default=None,
         help="an .npz of uint8 samples [N, C, H, W] under the key 'images' (as written by "
-        "`refdiff sample`): report sample quality",
+        "`refdiff sample`; another key with --samples-key): report sample quality",
+    )
+    p.add_argument(
+        "--samples-key",
+        metavar="KEY",
+        default="images",
+        help="the array of the --samples file that holds the samples (default: images)",
     )
     p.add_argument(
         "--mc-draws",
         metavar="K",
         type=_draws,
         default=16,
-        help="timesteps per image of the Monte-Carlo estimate; 0 skips it (default: 16)",
+        help="timesteps drawn per image by the Monte-Carlo estimate, besides the few it "
+        "computes exactly (L_0, L_1, ...); 0 skips it (default: 16)",
     )
     p.add_argument(
         "--mc-timesteps",
-        choices=("importance", "uniform"),
-        default="importance",
-        help="timestep distribution of the Monte-Carlo estimate: 'importance' (p(t) from a pilot "
-        "run of the full bound on 16 training images; far less noise) or 'uniform' "
-        "(default: importance)",
+        choices=("schedule", "importance"),
+        default="schedule",
+        help="proposal of the Monte-Carlo estimate's timesteps: 'schedule' (where the "
+        "schedule lets the bound's terms be large, no extra cost) or 'importance' (p(t) from a pilot run of the full bound "
+        "on 16 training images: T more calls, less noise) (default: schedule). Uniform "
+        "timesteps are not offered: a few of them miss the small t that carry most of the bound",
     )
     p.add_argument(
         "--no-full", action="store_true", help="skip the full bound (T model calls per batch)"
@@ -247,15 +261,15 @@ def open_model(path: str, *, device: str = "cpu") -> tuple[Any, Any, dict[str, A
     return _torch_denoiser(model, device), diffusion, info
 
 
-def read_samples(path: str) -> Any:
-    """The uint8 images [N, C, H, W] stored under ``images`` in an .npz file.
+def read_samples(path: str, key: str = "images") -> Any:
+    """The uint8 images [N, C, H, W] stored under ``key`` in an .npz file.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        An empty or unreadable file, no ``images`` array, no images, or not uint8 [N, C, H, W].
+        An empty or unreadable file, no ``key`` array, no images, or not uint8 [N, C, H, W].
     """
     import numpy as np
 
@@ -266,13 +280,13 @@ def read_samples(path: str) -> Any:
     with open_npz(path, "sample file") as npz:
         keys = list(npz.files)
         try:
-            images = npz["images"] if "images" in keys else None
+            images = npz[key] if key in keys else None
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"cannot read the sample file {path!r}: {exc}") from None
     if images is None:
         raise ValueError(
-            f"the sample file {path!r} has no 'images' array (it holds {keys}); `refdiff sample` "
-            "writes the uint8 images under 'images'"
+            f"the sample file {path!r} has no {key!r} array (it holds {keys}); `refdiff sample` "
+            "writes the uint8 images under 'images' (name another with --samples-key)"
         )
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(
@@ -297,14 +311,18 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    m, b = report["model"], report["bits_per_dim"]
-    d = report["diffusion"]
-    where = m["path"] + (f" (step {m['step']})" if "step" in m else "")
-    print(
-        f"\n{where}: {m['kind']}, T = {b['T']}, {d['prediction']} prediction, {d['variance']} "
-        f"variance\nheld-out: {report['data']['name']}, {report['data']['num_images']} images\n"
+def _header(model: dict[str, Any], diffusion: Any, data_name: str, num_images: int) -> str:
+    where = model["path"] + (f" (step {model['step']})" if "step" in model else "")
+    return (
+        f"{where}: {model['kind']}, T = {diffusion.num_timesteps}, "
+        f"{diffusion.prediction.value} prediction, {diffusion.variance.value} variance\n"
+        f"held-out: {data_name}, {num_images} images"
     )
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    b = report["bits_per_dim"]
+    print()
     rows = [("bits/dim (lower is better)", "value", "± s.e.", "")]
     if b["bpd_full"] is not None:
         rows.append(
@@ -318,10 +336,11 @@ def _print_report(report: dict[str, Any]) -> None:
     if b["bpd_mc"] is not None:
         rows.append(
             (
-                f"diffusion, Monte-Carlo ({b['num_draws']} t/image, {b['mc_timesteps']})",
+                f"diffusion, Monte-Carlo ({b['mc_calls_per_image']} calls/image, "
+                f"{b['mc_timesteps']})",
                 _fmt(b["bpd_mc"]),
                 _fmt(b["bpd_mc_stderr"]),
-                "Monte-Carlo noise",
+                "Monte-Carlo noise; 95 %: {:.4f} .. {:.4f}".format(*b["bpd_mc_interval"]),
             )
         )
     base = report["baseline"]
@@ -389,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
             split=split,
             holdout_fraction=args.holdout_fraction,
             value_range=args.value_range,
+            npz_key=args.npz_key,
         )
 
     data = load(args.split)
@@ -403,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     train = data if args.split == "train" else load("train")
     samples = reference = None
     if args.samples is not None:
-        samples = read_samples(args.samples)
+        samples = read_samples(args.samples, args.samples_key)
         if tuple(samples.shape[1:]) != tuple(data.shape):
             raise ValueError(
                 f"the samples in {args.samples!r} have shape (C, H, W) = "
@@ -420,6 +440,7 @@ def run(args: argparse.Namespace) -> int:
             samples = None
     load_data = time.perf_counter() - t1
 
+    print(_header(model_info, diffusion, data.name, int(images.shape[0])), flush=True)
     report = evaluate(
         denoiser,
         diffusion,
@@ -434,6 +455,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
+        announce=lambda line: print(f"  {line}", flush=True),
     )
     seconds = {"load_model": load_model, "load_data": load_data, **report.pop("seconds")}
     report = {
