@@ -39,6 +39,7 @@ from refdiff.onnx_contract import (
     INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
+    WEIGHT_KINDS,
     ModelMetadata,
 )
 from refdiff.settings import Diffusion
@@ -184,6 +185,7 @@ def export_onnx(
     opset: int = 18,
     fp16: bool = False,
     model_config: Mapping[str, Any] | None = None,
+    weights: str | None = None,
 ) -> Path:
     """Export ``model`` (a denoiser ``(x, t) -> model_output``) to one self-describing ONNX file.
 
@@ -202,6 +204,9 @@ def export_onnx(
         Float16 weights and arithmetic (float32 I/O, normalisation, softmax, timestep embedding).
     model_config : dict, optional
         The network's settings for the metadata; default ``model.config.to_dict()`` if present.
+    weights : {"ema", "raw"}, optional
+        Which weights of a refdiff checkpoint the model holds, recorded in the metadata so that a
+        later parity check compares like with like (None: not recorded).
 
     Returns
     -------
@@ -222,6 +227,8 @@ def export_onnx(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(diffusion, Diffusion):
         raise TypeError(f"diffusion must be a Diffusion, got {type(diffusion).__name__}")
+    if weights is not None and weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {weights!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
     floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -276,6 +283,7 @@ def export_onnx(
         model=config,
         dtype="float16" if fp16 else "float32",
         refdiff_version=__version__,
+        weights=weights,
     )
     for i in reversed(range(len(proto.metadata_props))):
         if proto.metadata_props[i].key == METADATA_KEY:

@@ -30,6 +30,7 @@ __all__ = [
     "METADATA_KEY",
     "OUTPUT_NAME",
     "WEIGHT_DTYPES",
+    "WEIGHT_KINDS",
     "MetadataError",
     "ModelMetadata",
     "check_graph",
@@ -46,6 +47,10 @@ INPUT_NAMES = ("x", "t")
 OUTPUT_NAME = "model_output"
 #: dtypes the weights may have; inputs and outputs are float32 either way.
 WEIGHT_DTYPES = ("float32", "float16")
+#: Which weights of a refdiff checkpoint a file holds: the exponential moving average or the raw
+#: (last optimiser step) weights. Files of other models, and files exported before refdiff
+#: recorded it, have no ``weights`` entry.
+WEIGHT_KINDS = ("ema", "raw")
 
 _EXPORT_HINT = (
     "export it with `refdiff export CHECKPOINT --out model.onnx` (or "
@@ -76,6 +81,9 @@ class ModelMetadata:
         :data:`INPUT_NAMES` and :data:`OUTPUT_NAME`, recorded for readers of the file.
     format : int
         :data:`FORMAT_VERSION`.
+    weights : str or None
+        ``"ema"`` or ``"raw"``: which weights of a refdiff checkpoint the file holds
+        (:data:`WEIGHT_KINDS`); None where it does not apply or was not recorded.
     """
 
     diffusion: Diffusion
@@ -85,17 +93,20 @@ class ModelMetadata:
     input_names: tuple[str, ...] = INPUT_NAMES
     output_name: str = OUTPUT_NAME
     format: int = FORMAT_VERSION
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.diffusion, Diffusion):
             raise TypeError(f"diffusion must be a Diffusion, got {type(self.diffusion).__name__}")
         if self.dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {self.dtype!r}")
+        if self.weights is not None and self.weights not in WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {self.weights!r}")
         object.__setattr__(self, "input_names", tuple(self.input_names))
         object.__setattr__(self, "model", dict(self.model))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": self.format,
             "refdiff_version": self.refdiff_version,
             "diffusion": self.diffusion.to_dict(),
@@ -104,6 +115,9 @@ class ModelMetadata:
             "input_names": list(self.input_names),
             "output_name": self.output_name,
         }
+        if self.weights is not None:
+            d["weights"] = self.weights
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -138,7 +152,7 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source}: the refdiff metadata lacks the keys {missing}; {_EXPORT_HINT}"
             )
-        unknown = sorted(set(d) - {*required, "format", "refdiff_version"})
+        unknown = sorted(set(d) - {*required, "format", "refdiff_version", "weights"})
         if unknown:
             raise MetadataError(f"{source}: unknown refdiff metadata keys {unknown}")
         try:
@@ -161,6 +175,7 @@ class ModelMetadata:
                 input_names=tuple(names),
                 output_name=str(d["output_name"]),
                 format=fmt,
+                weights=d.get("weights"),
             )
         except (TypeError, ValueError) as exc:
             raise MetadataError(f"{source}: {exc}") from None

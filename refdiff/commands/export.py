@@ -148,11 +148,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.out, what="--out file")  # before the (long) export
     model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
-    weights = "raw" if args.no_ema else "EMA"
+    weights = "raw" if args.no_ema else "ema"
+    shown = "raw" if args.no_ema else "EMA"
     if is_diffusers_folder(args.checkpoint):
-        weights = "diffusers UNet2DModel"
-    print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
-    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16)
+        weights, shown = None, "diffusers UNet2DModel"
+    print(f"exporting {args.checkpoint} ({shown} weights) to {out} ...", flush=True)
+    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16, weights=weights)
     size = out.stat().st_size / 2**20
     dtype = "float16" if args.fp16 else "float32"
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
@@ -171,13 +172,44 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_weights(path: Path) -> str | None:
+    """The ``weights`` entry ("ema" or "raw") of a file's refdiff metadata, if it has one."""
+    import json
+
+    import onnx
+
+    from ..onnx_contract import METADATA_KEY
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not readable: verify_onnx reports it
+        return None
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                return json.loads(prop.value).get("weights")
+            except (ValueError, AttributeError):
+                return None
+    return None
+
+
 def run_check(args: argparse.Namespace) -> int:
+    from ..diffusers_config import is_diffusers_folder
     from ..export import ParityError, verify_onnx
 
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
-    model, _ = _load_model(args.checkpoint, ema=not args.no_ema)
+    recorded = _recorded_weights(model_path)
+    # compare like with like: the weights the file records, unless --no-ema says otherwise
+    raw = args.no_ema or (recorded == "raw" and not is_diffusers_folder(args.checkpoint))
+    if raw and not args.no_ema:
+        print(
+            f"note: {model_path} holds raw weights (exported with --no-ema): comparing with "
+            "the checkpoint's raw weights",
+            file=sys.stderr,
+        )
+    model, _ = _load_model(args.checkpoint, ema=not raw)
     try:
         report = verify_onnx(
             model,
@@ -190,9 +222,23 @@ def run_check(args: argparse.Namespace) -> int:
     except ParityError as exc:
         print(exc.report.table())
         n = len(exc.report.failures)
+        if recorded is not None and args.no_ema and recorded != "raw":
+            hint = "; the file holds EMA weights (its metadata says so): drop --no-ema"
+        elif recorded is None and not is_diffusers_folder(args.checkpoint):
+            hint = (
+                "; the file does not record whether it holds EMA or raw weights (exported before "
+                "refdiff recorded it): "
+                + (
+                    "if it holds EMA weights, drop --no-ema"
+                    if raw
+                    else "if it was exported with --no-ema, add --no-ema"
+                )
+            )
+        else:
+            hint = ""
         print(
             f"refdiff check: error: {model_path} does not match the checkpoint "
-            f"({n} problem(s), listed above)",
+            f"({n} problem(s), listed above){hint}",
             file=sys.stderr,
         )
         return 1
