@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refdiff._io import atomic_path, check_output_file, make_dir
+from refdiff._io import atomic_path, check_output_file, created_folder
 from refdiff._version import __version__
 from refdiff.onnx_contract import (
     INPUT_NAMES,
@@ -297,8 +297,7 @@ def export_onnx(
     size = proto.ByteSize()
     if size >= MAX_MODEL_BYTES:
         raise ValueError(f"the exported model is {size / 2**30:.2f} GiB; it must stay below 2 GiB")
-    make_dir(path.parent)
-    with atomic_path(path, suffix=".onnx") as tmp:  # whole or not at all
+    with created_folder(path.parent), atomic_path(path, suffix=".onnx") as tmp:  # whole or nothing
         onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._deps import require
-from ._io import atomic_path, make_dir
+from ._io import atomic_path, created_folder
 from .data import check_uint8_images
 
 __all__ = ["make_grid", "save_grid", "save_strip"]
@@ -124,7 +124,6 @@ def _write_png(grid: np.ndarray, path: Path) -> Path:
     image = require("PIL.Image", "data", "writing PNG images").fromarray(
         grid[:, :, 0] if grid.shape[2] == 1 else grid
     )
-    make_dir(path.parent)
-    with atomic_path(path, suffix=".png") as tmp:
+    with created_folder(path.parent), atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
     return path

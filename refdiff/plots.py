@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from ._io import atomic_path, make_dir
+from ._io import atomic_path, created_folder
 
 __all__ = [
     "plot_bound_terms",
@@ -51,8 +51,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; give a path ending in .png, got {str(p)!r}")
-    make_dir(p.parent)
-    with atomic_path(p, suffix=".png") as tmp:
+    with created_folder(p.parent), atomic_path(p, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
     return p
 

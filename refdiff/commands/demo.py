@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import check_output_folder, make_dir, write_text
+from .._io import check_output_folder, created_folder, write_text
 from ._argtypes import non_negative_int, positive_int
 
 __all__ = ["add_parser", "run", "run_demo", "torch_free_stage"]
@@ -127,8 +127,10 @@ def _prepare_out(out: Path) -> None:
                 f"{out} exists and is not a refdiff demo folder; choose another --out or remove it"
             )
         shutil.rmtree(out)  # a previous demo: start afresh
-    make_dir(out)
-    write_text(out / MARKER, "written by `refdiff demo`; the folder is replaced when it reruns\n")
+    with created_folder(out):  # a failed first write leaves no empty folder
+        write_text(
+            out / MARKER, "written by `refdiff demo`; the folder is replaced when it reruns\n"
+        )
 
 
 class _Stages:

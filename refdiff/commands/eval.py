@@ -376,7 +376,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import check_output_file, make_dir, write_json
+    from .._io import check_output_file, created_folder, write_json
     from ..data import load_dataset
     from ..evaluation import evaluate
 
@@ -485,8 +485,8 @@ def run(args: argparse.Namespace) -> int:
     _print_report(report)
     if args.out is not None:
         out = Path(args.out)
-        make_dir(out.parent)
-        write_json(out, report)
+        with created_folder(out.parent):
+            write_json(out, report)
         print(f"\nwrote {out}")
     if args.plot_terms is not None:
         print(f"wrote {report['plot_terms']}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from .._io import check_output_folder, make_dir, write_text
+from .._io import check_output_folder, created_folder, write_text
 from ..data import from_model_range
 from ..evaluation.evaluate import evaluate
 from ..images import save_grid, save_strip
@@ -123,10 +123,10 @@ class Trainer:
             self._log(f"resumed from {ckpt.path} at step {ckpt.step}")
 
         if self.ctx.is_main:
-            make_dir(self.out)
-            remove_stale_temporaries(self.out)
-            write_text(self.folder.config_file, cfg.to_json() + "\n")
-            self._trim_metrics()
+            with created_folder(self.out):  # a failed first write leaves no empty run folder
+                remove_stale_temporaries(self.out)
+                write_text(self.folder.config_file, cfg.to_json() + "\n")
+                self._trim_metrics()
         self.ctx.barrier()
 
     # ---------------------------------------------------------------------------- run folder
