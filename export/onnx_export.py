@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from refdiff._deps import require
 from refdiff._io import atomic_path, check_output_file, created_folder
 from refdiff._version import __version__
 from refdiff.onnx_contract import (
@@ -186,6 +187,7 @@ def export_onnx(
     fp16: bool = False,
     model_config: Mapping[str, Any] | None = None,
     weights: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """Export ``model`` (a denoiser ``(x, t) -> model_output``) to one self-describing ONNX file.
 
@@ -207,6 +209,9 @@ def export_onnx(
     weights : {"ema", "raw"}, optional
         Which weights of a refdiff checkpoint the model holds, recorded in the metadata so that a
         later parity check compares like with like (None: not recorded).
+    progress : bool
+        Show a tqdm bar over the two steps (conversion, then the checker), on stderr: a large
+        model takes a while.
 
     Returns
     -------
@@ -247,6 +252,9 @@ def export_onnx(
             "below 2 GiB (protobuf's limit). Export with fp16=True, or use a smaller model"
         )
 
+    tqdm = require("tqdm", "torch", "progress bars").tqdm
+    bar = tqdm(total=2, desc="export", unit="step", disable=not progress, leave=False)
+    bar.set_postfix_str("torch.export -> ONNX")
     c, h, w = diffusion.image_shape
     T = diffusion.num_timesteps
     dev = next(iter(model.parameters()), torch.empty(0)).device
@@ -297,7 +305,11 @@ def export_onnx(
     size = proto.ByteSize()
     if size >= MAX_MODEL_BYTES:
         raise ValueError(f"the exported model is {size / 2**30:.2f} GiB; it must stay below 2 GiB")
+    bar.update(1)
+    bar.set_postfix_str("onnx.checker")
     with created_folder(path.parent), atomic_path(path, suffix=".onnx") as tmp:  # whole or nothing
         onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
+    bar.update(1)
+    bar.close()
     return path

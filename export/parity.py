@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from refdiff._deps import require
 from refdiff.onnx_contract import (
     INPUT_NAMES,
     METADATA_KEY,
@@ -126,6 +127,7 @@ def verify_onnx(
     rtol: float | None = None,
     seed: int = 0,
     raise_on_failure: bool = True,
+    progress: bool = False,
 ) -> ParityReport:
     """Compare the ONNX file at ``path`` (onnxruntime, CPU) with ``model`` (PyTorch, float32).
 
@@ -146,6 +148,8 @@ def verify_onnx(
         Seed of the random inputs x ~ N(0, I).
     raise_on_failure : bool
         Raise :class:`ParityError` if anything fails (default); otherwise just report.
+    progress : bool
+        Show a tqdm bar over the cases (batch size x timestep), with the time left, on stderr.
 
     Checks, in order, collecting every failure: the refdiff metadata (present, valid, describing
     this model), the input and output names, then per case the output shape and the values.
@@ -207,9 +211,13 @@ def verify_onnx(
         return report()
     rng = np.random.default_rng(seed)
     dev = next(iter(model.parameters()), torch.empty(0)).device
-    with eval_mode(model), torch.no_grad():
+    tqdm = require("tqdm", "torch", "progress bars").tqdm
+    n_cases = len(batch_sizes) * len(timesteps)
+    bar = tqdm(total=n_cases, desc="parity", unit="case", disable=not progress, leave=False)
+    with eval_mode(model), torch.no_grad(), bar:
         for b in batch_sizes:
             for ts in timesteps:
+                bar.update(1)  # the case begins (its continues would skip a later update)
                 x = rng.standard_normal((int(b), *chw)).astype(np.float32)
                 t = np.full((int(b),), int(ts), dtype=np.int64)
                 want = model(torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev))

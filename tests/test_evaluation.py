@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -458,6 +459,30 @@ def test_eval_onnx_model_end_to_end(onnx_model, tmp_path, capsys, digits):
     assert q["num_samples"] == 40 and q["nn_exact_copies"] == 40 and q["fd_ceiling"] > q["fd_floor"]
     assert "full bound" in out and "independent pixels" in out and "Fréchet distance" in out
     assert plot.is_file()
+
+
+@needs_onnx
+def test_eval_says_what_it_does_before_it_starts(onnx_model, capsys, monkeypatch):
+    """`refdiff eval` on a large model printed nothing for minutes: the pilot of the importance
+    proposal ran without a word or a bar, and the report's header came only at the end."""
+    import refdiff.evaluation as ev
+
+    real, seen = ev.evaluate, {}
+
+    def spy(*args, **kwargs):
+        seen["before"] = capsys.readouterr().out  # what the user had seen when it started
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate", spy)
+    argv = ["eval", str(onnx_model), "--n-images", "12", "--mc-draws", "2"]
+    rc, out, err = _main([*argv, "--mc-timesteps", "importance"], capsys)
+    assert rc == 0, err
+    before = seen["before"]
+    assert f"{onnx_model}: onnx, T = 10" in before and "12 images" in before
+    assert "pilot of the importance-sampled estimate" in out and "10 network calls" in out
+    assert "full bound: 10 network calls per batch" in out and "Monte-Carlo estimate" in out
+    assert "pilot" in err and "bits/dim" in err  # the tqdm bars, on stderr
+    assert re.search(r"95 %: \d+\.\d+ \.\. \d+\.\d+", out)
 
 
 @needs_onnx

@@ -144,6 +144,16 @@ def test_verify_fp32_passes_with_small_error(tiny_onnx):
     assert "PASS" in table and "max abs" in table
 
 
+def test_verify_shows_its_progress(tiny_onnx, capsys):
+    """The parity check of a large model takes a while: a bar over its cases, with the time
+    left (on stderr), when asked; nothing otherwise."""
+    verify_onnx(tiny_model(), tiny_onnx, progress=True)
+    err = capsys.readouterr().err
+    assert "parity" in err and "6/6" in err and "case" in err
+    verify_onnx(tiny_model(), tiny_onnx)
+    assert capsys.readouterr().err == ""
+
+
 def test_verify_collects_every_value_failure(tiny_onnx):
     other = tiny_model(seed=1)  # same architecture, other weights
     with pytest.raises(ParityError) as info:
@@ -479,8 +489,11 @@ def test_cli_export_and_check_a_trained_run(tmp_path, capsys):
         out = tmp_path / name
         args = _parser().parse_args(["export", str(run), "--out", str(out), *extra])
         assert args.func(args) == 0
-        text = capsys.readouterr().out
+        captured = capsys.readouterr()
+        text = captured.out
         assert "wrote" in text and "PASS" in text and f"{dtype} weights" in text
+        assert "M parameters" in text and "then the parity check" in text  # said before
+        assert "export" in captured.err and "parity" in captured.err  # and the bars
         den = OnnxDenoiser(out)
         assert den.diffusion == tiny_diffusion() and den.metadata.dtype == dtype
         assert den.metadata.weights == ("raw" if "--no-ema" in extra else "ema")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._deps import require
 from .._io import check_output_folder, created_folder, write_text
 from ._argtypes import non_negative_int, positive_int
 
@@ -214,8 +215,9 @@ def run_demo(
         model, diff = load_model(out / "train")
         parity = {}
         for name, fp16 in (("model.onnx", False), ("model-fp16.onnx", True)):
-            path = export_onnx(model, diff, out / name, fp16=fp16)
-            rep = verify_onnx(model, path)
+            print(f"    {name}: torch.export to ONNX, onnx.checker, parity", flush=True)
+            path = export_onnx(model, diff, out / name, fp16=fp16, progress=progress)
+            rep = verify_onnx(model, path, progress=progress)
             parity[name] = {"max_abs": rep.max_abs, "max_rel": rep.max_rel, "ok": rep.ok}
             print(f"    {name}: max abs error {rep.max_abs:.2e}, max rel error {rep.max_rel:.2e}")
         report["export"] = parity
@@ -309,7 +311,11 @@ def torch_free_stage(args_json: str) -> None:
     diffusion = den.diffusion
     res: dict[str, Any] = {}
 
+    def say(line: str) -> None:
+        print(f"    {line}", flush=True)
+
     # samples: ancestral DDPM over all T steps
+    say(f"{a['n_samples']} samples, DDPM over all {diffusion.num_timesteps} steps")
     ts = time.perf_counter()
     images = sample_images(
         den, a["n_samples"], sampler="ddpm", seed=a["seed"], progress=a["progress"]
@@ -345,6 +351,7 @@ def torch_free_stage(args_json: str) -> None:
     # held-out bits/dim through the core's bound, the per-pixel baseline on the same images, and
     # the sample quality in a digits classifier's feature space, with its floor and ceiling
     train, test = load_digits("train").images, load_digits("test").images
+    say(f"held-out bits/dim of {min(a['eval_images'], len(test))} digits, baseline, sample quality")
     report = evaluate(
         den,
         diffusion,
@@ -358,6 +365,7 @@ def torch_free_stage(args_json: str) -> None:
         mc_timesteps="schedule",
         seed=a["seed"],
         progress=a["progress"],
+        announce=lambda line: say(f"  {line}"),
     )
     bpd = report["bits_per_dim"]
     with atomic_path(out / "bound_terms.npy", suffix=".npy") as tmp:
@@ -367,7 +375,19 @@ def torch_free_stage(args_json: str) -> None:
     res["sample_quality"] = report["sample_quality"]
 
     # the same model with fewer network calls: each sampler at each budget, scored the same way
+    say(
+        f"sample quality against network calls: {len(SWEEP_SAMPLERS)} samplers x budgets "
+        f"{', '.join(map(str, SWEEP_CALLS))}, {a['n_samples']} samples each"
+    )
     ts = time.perf_counter()
+    sweep = require("tqdm", "eval", "progress bars").tqdm(
+        total=len(SWEEP_SAMPLERS) * sum(SWEEP_CALLS) * a["n_samples"],
+        desc="sweep",
+        unit="sample-call",
+        unit_scale=True,
+        disable=not a["progress"],
+        leave=False,
+    )
     rows = quality_vs_steps(
         den,
         diffusion,
@@ -378,7 +398,9 @@ def torch_free_stage(args_json: str) -> None:
         train=train,
         test=test,
         batch_size=a["n_samples"],
+        progress=lambda row: sweep.update(row["budget"] * a["n_samples"]),
     )
+    sweep.close()
     plot_quality_vs_calls(rows, out / "quality_vs_calls.png")
     res["quality_vs_calls"] = {
         "rows": rows,
@@ -393,6 +415,10 @@ def torch_free_stage(args_json: str) -> None:
 
 def _fmt(v: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _interval(iv: Any) -> str:
+    return "-" if not iv else f"{iv[0]:.3f} .. {iv[1]:.3f}"
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
@@ -414,10 +440,12 @@ def _write_report(out: Path, report: dict[str, Any]) -> None:
         "| model | bits/dim |",
         "|---|---|",
         f"| diffusion model, full bound over all T | {_fmt(b.get('bpd_full'))} ± {_fmt(b.get('bpd_full_stderr'))} |",
-        f"| diffusion model, Monte-Carlo estimate | {_fmt(b.get('bpd_mc'))} ± {_fmt(b.get('bpd_mc_stderr'))} |",
+        f"| diffusion model, Monte-Carlo estimate ({b.get('mc_calls_per_image')} calls per image) | {_fmt(b.get('bpd_mc'))} ± {_fmt(b.get('bpd_mc_stderr'))} |",
         f"| per-pixel independent baseline (same code) | {_fmt(tf['baseline_bits_per_dim'])} |",
         "",
-        f"({b.get('num_images')} held-out images; ± is the standard error over images.)",
+        f"({b.get('num_images')} held-out images. The full bound's ± is the standard error over "
+        "images; the estimate's is its Monte-Carlo error, how far it may lie from the full bound "
+        f"on these images: 95 % interval {_interval(b.get('bpd_mc_interval'))}.)",
         "",
         "## Samples (Fréchet distance in a digits classifier's feature space; lower is better)",
         "",

@@ -80,6 +80,7 @@ def add_parser(subparsers: Any) -> None:
     )
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=run_export)
 
     c = subparsers.add_parser(
@@ -113,6 +114,7 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance")
     c.add_argument("--rtol", type=non_negative_float, default=None, help="relative tolerance")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=run_check)
 
 
@@ -152,15 +154,30 @@ def run_export(args: argparse.Namespace) -> int:
     shown = "raw" if args.no_ema else "EMA"
     if is_diffusers_folder(args.checkpoint):
         weights, shown = None, "diffusers UNet2DModel"
-    print(f"exporting {args.checkpoint} ({shown} weights) to {out} ...", flush=True)
-    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16, weights=weights)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    then = "" if args.no_verify else ", then the parity check against PyTorch"
+    print(
+        f"exporting {args.checkpoint} ({shown} weights, {params:.1f} M parameters) to {out}: "
+        f"torch.export to ONNX and onnx.checker{then}",
+        flush=True,
+    )
+    progress = not args.no_progress
+    export_onnx(
+        model,
+        diffusion,
+        out,
+        opset=args.opset,
+        fp16=args.fp16,
+        weights=weights,
+        progress=progress,
+    )
     size = out.stat().st_size / 2**20
     dtype = "float16" if args.fp16 else "float32"
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
     if args.no_verify:
         return 0
     try:
-        report = verify_onnx(model, out)
+        report = verify_onnx(model, out, progress=progress)
     except ParityError as exc:
         print(exc.report.table())
         print(
@@ -218,6 +235,7 @@ def run_check(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             seed=args.seed,
+            progress=not args.no_progress,
         )
     except ParityError as exc:
         print(exc.report.table())
