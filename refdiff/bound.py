@@ -27,6 +27,7 @@ __all__ = [
     "Denoiser",
     "MonteCarloBound",
     "MonteCarloPlan",
+    "mc_estimate_from_terms",
     "mc_plan",
     "variational_bound",
     "variational_bound_mc",
@@ -283,7 +284,63 @@ def variational_bound_mc(
     settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
     xp, idx, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
     dims = math.prod(x_start.shape[1:])
-    B, dev = x_start.shape[0], device(x_start)
+    prior_bpd = prior_kl(schedule, x_start) / (dims * LN2)
+    return _stratified(
+        plan,
+        lambda t: term(t, t).nats / (dims * LN2),
+        prior_bpd,
+        seed,
+        idx,
+        T,
+        xp,
+        progress,
+    )
+
+
+def mc_estimate_from_terms(
+    schedule: Any,
+    terms_bpd: Array,
+    prior_bpd: Array,
+    *,
+    num_draws: int = 16,
+    timestep_probs: np.ndarray | None = None,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    seed: int = 0,
+    sample_indices: Array | None = None,
+) -> MonteCarloBound:
+    """The estimate :func:`variational_bound_mc` gives with ``seed``, read from the terms of
+    :func:`variational_bound` with the same seed (``terms_bpd`` [B, T], ``prior_bpd`` [B]) instead
+    of calling the denoiser: both evaluate term t at the same x_t. The evaluation computes it
+    this way when it computes the full bound anyway."""
+    plan = mc_plan(schedule, num_draws, timestep_probs, check_data_range(data_range))
+    xp = get_namespace(terms_bpd)
+    B, T = terms_bpd.shape
+    if T != schedule.num_timesteps or tuple(prior_bpd.shape) != (B,):
+        raise ValueError(
+            f"terms_bpd must be [B, T={schedule.num_timesteps}] and prior_bpd [B], got "
+            f"{tuple(terms_bpd.shape)} and {tuple(prior_bpd.shape)}"
+        )
+    idx = _sample_indices(terms_bpd, sample_indices, xp)
+    flat = xp.reshape(terms_bpd, (-1,))
+    rows = xp.arange(B, dtype=xp.int64, device=device(terms_bpd)) * T
+    return _stratified(
+        plan, lambda t: xp.take(flat, rows + t, axis=0), prior_bpd, seed, idx, T, xp, None
+    )
+
+
+def _stratified(
+    plan: MonteCarloPlan,
+    term_bpd: Callable[[Array], Array],
+    prior_bpd: Array,
+    seed: int,
+    idx: Array,
+    T: int,
+    xp: Any,
+    progress: Callable[[int, int], None] | None,
+) -> MonteCarloBound:
+    """The estimate of ``plan`` from ``term_bpd(t)``: each example's term at its timestep t [B]."""
+    num_draws = plan.num_draws
+    B, dev = prior_bpd.shape[0], device(prior_bpd)
     calls = plan.exact.size + (num_draws if plan.tail.size else 0)
     done = 0
 
@@ -293,10 +350,9 @@ def variational_bound_mc(
         if progress is not None:
             progress(done, calls)
 
-    total = prior_kl(schedule, x_start) / (dims * LN2)
+    total = prior_bpd
     for t_int in plan.exact.tolist():
-        t = xp.full((B,), t_int, dtype=xp.int64, device=dev)
-        total = total + term(t, t_int).nats / (dims * LN2)
+        total = total + term_bpd(xp.full((B,), t_int, dtype=xp.int64, device=dev))
         called()
     if plan.tail.size == 0:  # every term exact: the full bound
         zero = xp.zeros_like(total)
@@ -310,10 +366,8 @@ def variational_bound_mc(
         # stratum k of the proposal's CDF; a contiguous copy: torch's searchsorted warns on strided
         u = xp.astype(uniform_open(seed, idx, T + k, 1, xp, dev)[:, 0], xp.float64, copy=True)
         pos = xp.minimum(xp.searchsorted(cdf_x, (k + u) / num_draws), plan.tail.size - 1)
-        t = xp.astype(xp.take(tail_x, pos, axis=0), xp.int64)
-        nats = term(t, t).nats
-        w = xp.astype(xp.take(probs_x, pos, axis=0), nats.dtype)
-        draws.append(nats / (w * (dims * LN2)))
+        bpd = term_bpd(xp.astype(xp.take(tail_x, pos, axis=0), xp.int64))
+        draws.append(bpd / xp.astype(xp.take(probs_x, pos, axis=0), bpd.dtype))
         called()
     f = xp.stack(draws, axis=1)  # [B, num_draws]: each stratum's estimate of the tail's sum
     total = total + xp.mean(f, axis=1)

@@ -84,6 +84,28 @@ def test_monte_carlo_estimate_is_unbiased(gauss):
         assert abs(z) < 4
 
 
+@pytest.mark.parametrize("num_draws", [2, 5, 16])
+def test_the_estimate_from_the_full_bounds_terms_is_the_same_estimate(gauss, num_draws):
+    """The evaluation reads the estimate from the full pass when it makes one: the same x_t per
+    t, hence the same numbers as the network calls of variational_bound_mc."""
+    oracle, x0 = gauss
+    s = get_schedule("cosine", 200)
+    den = oracle.denoiser(s)
+    idx = np.arange(100, 100 + x0.shape[0])
+    full = rd.variational_bound(s, den, x0, decoder="gaussian", seed=3, sample_indices=idx)
+    mc = rd.variational_bound_mc(
+        s, den, x0, num_draws=num_draws, decoder="gaussian", seed=3, sample_indices=idx
+    )
+    read = rd.mc_estimate_from_terms(
+        s, full.terms_bpd, full.prior_bpd, num_draws=num_draws, seed=3, sample_indices=idx
+    )
+    assert_close(read.estimate_bpd, mc.estimate_bpd, rtol=1e-12)
+    assert_close(read.stderr_bpd, mc.stderr_bpd, rtol=1e-9, atol=1e-12)
+    assert read.exact_timesteps == mc.exact_timesteps and read.groups == mc.groups
+    with pytest.raises(ValueError, match=r"terms_bpd must be \[B, T=200\]"):
+        rd.mc_estimate_from_terms(s, full.terms_bpd[:, :10], full.prior_bpd)
+
+
 def test_monte_carlo_plan():
     """L_0 and L_1 always exact; a term a draw would over-represent is exact too; the rest is
     drawn in proportion to the log-SNR step times σ(λ + log v); with a budget near T, the full

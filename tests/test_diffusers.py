@@ -649,7 +649,7 @@ def test_sample_and_eval_of_a_diffusers_export_run_without_torch(exported, tmp_p
         sampled = main(["sample", {str(path)!r}, "--n", "3", "--sampler", "ddim", "--steps", "5",
                         "--seed", "4", "--out", "s.png", "--no-progress"])
         evaluated = main(["eval", {str(path)!r}, "--data", "images.npz", "--split", "all",
-                          "--no-full", "--mc-draws", "2", "--mc-timesteps", "uniform",
+                          "--no-full", "--mc-draws", "2",
                           "--n-images", "4", "--out", "eval.json", "--no-progress"])
         print(json.dumps({{
             "sampled": sampled,

@@ -142,9 +142,10 @@ def evaluate(
     if num_draws:
         plan = mc_plan(diffusion.schedule, num_draws, probs, diffusion.data_range)
         calls = plan.exact.size + (num_draws if plan.tail.size else 0)
+        cost = "read from the full bound's terms" if full else f"{calls * batches} calls"
         say(
             f"Monte-Carlo estimate ({mc_timesteps} proposal): {plan.exact.size} exact term(s) "
-            f"and {num_draws if plan.tail.size else 0} drawn per image: {calls * batches} calls"
+            f"and {num_draws if plan.tail.size else 0} drawn per image: {cost}"
         )
     parts = bound_parts(
         denoiser,

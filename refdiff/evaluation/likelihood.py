@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .._array import to_host
 from .._deps import require
-from ..bound import mc_plan
+from ..bound import mc_estimate_from_terms, mc_plan
 from ..data import check_uint8_images, to_model_range
 from ..settings import Diffusion
 from ._arrays import mean_and_stderr
@@ -173,7 +173,7 @@ class BoundParts:
             se = math.sqrt(var.sum()) / n
             # Welch-Satterthwaite: the images' variance estimates, mc_groups d.o.f. each
             dof = var.sum() ** 2 / ((var**2).sum() / self.mc_groups) if var.sum() > 0 else math.inf
-            half = float(stats.t.ppf(0.975, dof)) * se if se > 0 else 0.0
+            half = float(special.stdtrit(dof, 0.975)) * se if se > 0 else 0.0  # Student t
             result["bpd_mc"], result["bpd_mc_stderr"] = mean, se
             result["bpd_mc_interval"] = [mean - half, mean + half]
             result["mc_dof"] = float(dof)
@@ -241,7 +241,8 @@ def bound_parts(
         else None
     )
     mc_calls = 0 if plan is None else plan.exact.size + (num_draws if plan.tail.size else 0)
-    total = len(starts) * ((T if full else 0) + mc_calls)
+    # with the full pass, the estimate reads its terms from it (the same x_t): no extra calls
+    total = len(starts) * (T if full else mc_calls)
     bar = tqdm(total=total, desc="bits/dim", unit="call", disable=not progress, leave=False)
 
     def tick(*_: Any) -> None:
@@ -262,6 +263,7 @@ def bound_parts(
         mc_timesteps="schedule" if timestep_probs is None else "importance",
     )
     try:
+        est, var, mc = [], [], None
         if full:
             t0 = time.perf_counter()
             totals, priors = [], []
@@ -272,12 +274,24 @@ def bound_parts(
                 priors.append(to_host(res.prior_bpd).astype(np.float64))
                 terms_sum += to_host(res.terms_bpd).astype(np.float64).sum(axis=0)
                 mse_sum += to_host(res.x0_mse).astype(np.float64).sum(axis=0)
+                if num_draws:
+                    mc = mc_estimate_from_terms(
+                        diffusion.schedule,
+                        res.terms_bpd,
+                        res.prior_bpd,
+                        num_draws=num_draws,
+                        timestep_probs=timestep_probs,
+                        data_range=diffusion.data_range,
+                        seed=seed,
+                        sample_indices=idx,
+                    )
+                    est.append(to_host(mc.estimate_bpd).astype(np.float64))
+                    var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
             parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
             parts.terms_sum, parts.mse_sum = terms_sum, mse_sum
             parts.seconds_full = time.perf_counter() - t0
-        if num_draws:
+        elif num_draws:
             t0 = time.perf_counter()
-            est, var = [], []
             for x, idx in batches():
                 mc = diffusion.bound_mc(
                     denoiser,
@@ -290,9 +304,10 @@ def bound_parts(
                 )
                 est.append(to_host(mc.estimate_bpd).astype(np.float64))
                 var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
+            parts.seconds_mc = time.perf_counter() - t0
+        if mc is not None:
             parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
             parts.mc_groups, parts.mc_exact = mc.groups, mc.exact_timesteps
-            parts.seconds_mc = time.perf_counter() - t0
     finally:
         bar.close()
     return parts
