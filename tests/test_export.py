@@ -28,7 +28,14 @@ from refdiff.export import (  # noqa: E402
     export_onnx,
     verify_onnx,
 )
-from tiny_model import TINY_DIFFUSION, TINY_UNET, shared_export, tiny_diffusion, tiny_model  # noqa: E402
+from tiny_model import (  # noqa: E402
+    TINY_DIFFUSION,
+    TINY_UNET,
+    save_tiny_run,
+    shared_export,
+    tiny_diffusion,
+    tiny_model,
+)
 
 from refdiff import (  # noqa: E402
     Diffusion,
@@ -391,34 +398,13 @@ def _with_weights(src: Path, dst: Path, weights: str | None) -> Path:
     return _rewrite(src, dst, edit)
 
 
-def _save_run_with(run_dir: Path, raw_seed: int, ema_seed: int) -> Path:
-    """A checkpoint whose raw weights are ``tiny_model(raw_seed)``, its EMA ``ema_seed``'s."""
-    from refdiff.runs.train_config import TrainConfig
-    from refdiff.training.checkpoint import save_checkpoint
-
-    config = TrainConfig(
-        unet=UNetConfig.from_dict(TINY_UNET), diffusion=tiny_diffusion(), loss="hybrid"
-    )
-    raw = tiny_model(seed=raw_seed)
-    return save_checkpoint(
-        run_dir,
-        1,
-        model=raw,
-        ema=tiny_model(seed=ema_seed),
-        optimizer=torch.optim.Adam(raw.parameters()),
-        config=config,
-        timestep_sampler={},
-        numpy_rng=np.random.default_rng(0).bit_generator.state,
-    )
-
-
 @pytest.mark.skipif(not HAS_TRAINER, reason="refdiff.training.checkpoint not available yet")
 def test_check_compares_the_weights_the_file_records(tiny_onnx, tmp_path, capsys):
     """`refdiff check model.onnx RUN` on a file exported with --no-ema failed with no hint.
     The file holds ``tiny_model(0)``; run ``a`` has it as raw weights, run ``b`` as EMA."""
     run_a, run_b = tmp_path / "a", tmp_path / "b"
-    _save_run_with(run_a, raw_seed=0, ema_seed=3)
-    _save_run_with(run_b, raw_seed=3, ema_seed=0)
+    save_tiny_run(run_a, tiny_model(), ema=tiny_model(seed=3))
+    save_tiny_run(run_b, tiny_model(seed=3), ema=tiny_model())
     raw = _with_weights(tiny_onnx, tmp_path / "raw.onnx", "raw")
     assert OnnxDenoiser(raw).metadata.weights == "raw"
     assert main(["check", str(raw), str(run_a)]) == 0  # the raw weights, as the file says
@@ -427,7 +413,7 @@ def test_check_compares_the_weights_the_file_records(tiny_onnx, tmp_path, capsys
     # An older file that does not say: compared with the EMA, it fails, and says why it may
     old = _with_weights(tiny_onnx, tmp_path / "old.onnx", None)
     assert OnnxDenoiser(old).metadata.weights is None
-    assert main(["check", str(old), str(run_a)]) == 1
+    assert main(["check", str(old), str(run_a), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not record whether it holds EMA or raw" in err[0]
     assert "add --no-ema" in err[0]
