@@ -141,7 +141,7 @@ def test_run_folder_settings_load_without_torch(tmp_path):
         f"""
         import json, sys
         from refdiff.runs import RunFolder, find_checkpoint, read_run_config
-        from refdiff.commands.eval import open_model
+        from refdiff.models import open_model
         run = {str(run.path)!r}
         cfg = read_run_config(run)
         ckpt = read_run_config(find_checkpoint(run))

@@ -116,43 +116,27 @@ def add_parser(subparsers: Any) -> None:
     c.set_defaults(func=run_check)
 
 
-def _load_diffusers(path: str, ema: bool) -> tuple[Any, Any]:
-    if not ema:
+def _torch_model(path: str, no_ema: bool) -> Any:
+    """The model at ``path`` with its PyTorch module (export and check compare against it)."""
+    from ..models import open_model
+
+    model = open_model(path, ema=False if no_ema else None)
+    if model.module is None:
         raise ValueError(
-            f"--no-ema applies to refdiff checkpoints; the diffusers folder {path!r} holds one "
-            "set of weights"
+            f"{path!r} is an {model.format} file, not a PyTorch model: export and check take a "
+            "training run folder, a checkpoint folder or a diffusers folder"
         )
-    from ..export.diffusers import load_diffusers
-
-    loaded = load_diffusers(path, warn=False)
-    for note in loaded.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return loaded.model, loaded.diffusion
-
-
-def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
-    from ..diffusers_config import is_diffusers_folder
-
-    if is_diffusers_folder(checkpoint):
-        return _load_diffusers(checkpoint, ema)
-    from ..training.checkpoint import load_model  # a missing torch: the CLI names the extra
-
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    return load_model(checkpoint, ema=ema)
+    return model
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..diffusers_config import is_diffusers_folder
     from ..export import ParityError, export_onnx, verify_onnx
 
     out = check_output_file(args.out, what="--out file")  # before the (long) export
-    model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
-    weights = "raw" if args.no_ema else "EMA"
-    if is_diffusers_folder(args.checkpoint):
-        weights = "diffusers UNet2DModel"
-    print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
-    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16)
+    opened = _torch_model(args.checkpoint, args.no_ema)
+    model = opened.module
+    print(f"exporting {opened.describe()} to {out} ...", flush=True)
+    export_onnx(model, opened.diffusion, out, opset=args.opset, fp16=args.fp16)
     size = out.stat().st_size / 2**20
     dtype = "float16" if args.fp16 else "float32"
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
@@ -177,7 +161,7 @@ def run_check(args: argparse.Namespace) -> int:
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
-    model, _ = _load_model(args.checkpoint, ema=not args.no_ema)
+    model = _torch_model(args.checkpoint, args.no_ema).module
     try:
         report = verify_onnx(
             model,
