@@ -132,16 +132,17 @@ class GraphBuilder:
             self._taken: set[str] = set()
             self._counters: dict[str, itertools.count] = {}
             self._consts: dict[tuple, str] = {}
-            self._initializers: list[Any] = []
             self._domains: dict[str, int] = {"": opset}
             self._ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
         else:
             self.opset = _parent.opset
         self._defined: set[str] = set()
+        self._initializers: list[Any] = []
         self._nodes: list[Any] = []
         self._inputs: list[Any] = []
         self._input_names: set[str] = set()
         self._outputs: list[Any] = []
+        self._value_info: list[Any] = []
 
     # -- names and scope -----------------------------------------------------------------------
 
@@ -203,11 +204,13 @@ class GraphBuilder:
             The input's name, used as is (an error if the model already has a value so named).
         dtype : NumPy dtype or ONNX element type
         shape : sequence of (int, str or None), optional
-            Fixed sizes, names of dynamic dimensions (``"batch"``) or None (unknown); None for
-            an unknown rank (the ``cond`` and iteration inputs of a Loop body, say).
+            Fixed sizes, names of dynamic dimensions (``"batch"``) or None (unknown). The whole
+            shape None (an unknown rank) only in a body: a main graph's inputs and outputs need
+            one.
         """
+        info = helper.make_tensor_value_info(name, elem_type(dtype), self._io_shape(shape, name))
         name = self._reserve(name, "the input name")
-        self._inputs.append(helper.make_tensor_value_info(name, elem_type(dtype), _shape(shape)))
+        self._inputs.append(info)
         self._defined.add(name)
         self._input_names.add(name)
         return name
@@ -321,6 +324,7 @@ class GraphBuilder:
         Returns the output's name.
         """
         value = self.check_value(value, "the output value")
+        dims = self._io_shape(shape, name or value)
         name = None if name == value else name
         own = value in self._defined and value not in self._input_names
         taken = any(o.name == value for o in self._outputs)
@@ -332,8 +336,17 @@ class GraphBuilder:
                 helper.make_node("Identity", [value], [out], self.fresh(f"{out}_node"))
             )
             self._defined.add(out)
-        self._outputs.append(helper.make_tensor_value_info(out, elem_type(dtype), _shape(shape)))
+        self._outputs.append(helper.make_tensor_value_info(out, elem_type(dtype), dims))
         return out
+
+    def _io_shape(self, shape: Sequence[Dim] | None, name: str) -> list[Dim] | None:
+        if shape is None and self.parent is None:
+            raise ValueError(
+                f"{name!r}: the inputs and outputs of a main graph need a shape (use a name such "
+                "as 'batch' for a dynamic dimension, None for an unknown one); only a body's "
+                "may have an unknown rank"
+            )
+        return _shape(shape)
 
     def subgraph(self, name: str) -> GraphBuilder:
         """A builder for a body (Loop, If, Scan) that may read this graph's values; pass it (or
@@ -343,7 +356,12 @@ class GraphBuilder:
     # -- models in, models out -----------------------------------------------------------------
 
     def add_model(self, model: Any, *, prefix: str = "model") -> EmbeddedModel:
-        """Add ``model``'s weights to the main graph once, for :meth:`call` to run it.
+        """Add ``model``'s weights to this graph once, for :meth:`call` to run it here or in
+        this graph's bodies.
+
+        Add it to the graph that runs it: onnxruntime optimizes a body's nodes whose weights
+        are initializers of the body itself (a denoiser called in a Loop body, say) as it
+        optimizes the file on its own, but not those reading weights of an outer graph.
 
         Parameters
         ----------
@@ -394,8 +412,8 @@ class GraphBuilder:
             new.CopyFrom(tensor)
             new.name = root.fresh(f"{base}/{tensor.name}")
             renamed[tensor.name] = new.name
-            root._initializers.append(new)
-            root._defined.add(new.name)
+            self._initializers.append(new)
+            self._defined.add(new.name)
         root._domains.update(opsets)
         root._ir_version = max(root._ir_version, model.ir_version)
         inputs = tuple(i.name for i in graph.input if i.name not in renamed)
@@ -405,7 +423,7 @@ class GraphBuilder:
             output_names=tuple(o.name for o in graph.output),
             graph=graph,
             initializers=renamed,
-            owner=root,
+            owner=self,
         )
 
     def call(self, model: EmbeddedModel, **inputs: str) -> Any:
@@ -415,8 +433,17 @@ class GraphBuilder:
         ``inputs`` maps each of ``model.input_names`` to a value name, e.g.
         ``g.call(denoiser, x=x, t=t)``.
         """
-        if not isinstance(model, EmbeddedModel) or model.owner is not self.root:
-            raise TypeError("call takes a model added to this graph's model with add_model")
+        if not isinstance(model, EmbeddedModel):
+            raise TypeError(f"call takes a model from add_model, got {type(model).__name__}")
+        scope: GraphBuilder | None = self
+        while scope is not None and scope is not model.owner:
+            scope = scope.parent
+        if scope is None:
+            raise ValueError(
+                f"{model.prefix!r} was added to graph {model.owner.name!r}, which graph "
+                f"{self.name!r} cannot see: call a model in the graph it was added to or in "
+                "its bodies"
+            )
         missing = [n for n in model.input_names if n not in inputs]
         unknown = sorted(set(inputs) - set(model.input_names))
         if missing or unknown:
@@ -432,6 +459,8 @@ class GraphBuilder:
         graph.CopyFrom(model.graph)
         _rename(graph, mapping, lambda n: self.fresh(f"{call_prefix}/{n}"))
         self._nodes.extend(graph.node)
+        produced = {v for n in graph.node for v in n.output}
+        self._value_info.extend(v for v in graph.value_info if v.name in produced)
         outs = tuple(mapping[o] for o in model.output_names)
         self._defined.update(outs)
         self._defined.update(mapping[v] for n in model.graph.node for v in n.output if v)
@@ -439,8 +468,14 @@ class GraphBuilder:
 
     def to_graph(self) -> Any:
         """This graph as an ``onnx.GraphProto`` (the main graph holds all initializers)."""
-        init = self._initializers if self.parent is None else []
-        return helper.make_graph(self._nodes, self.name, self._inputs, self._outputs, init)
+        return helper.make_graph(
+            self._nodes,
+            self.name,
+            self._inputs,
+            self._outputs,
+            self._initializers,
+            value_info=self._value_info,
+        )
 
     def to_model(self, *, metadata: Mapping[str, str] | None = None, doc_string: str = "") -> Any:
         """The checked model (``onnx.checker.check_model(full_check=True)``) of this main graph.

@@ -198,8 +198,11 @@ def standard_normal(
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         raise TypeError(f"shape must be a sequence of positive ints, e.g. (C, H, W), got {shape!r}")
     shape = tuple(_positive_int(s, f"each dimension of shape {tuple(shape)!r}") for s in shape)
-    out_type = np.dtype(dtype) if dtype in (np.float32, np.float64) else None
-    if out_type is None:
+    try:
+        out_type = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        out_type = None
+    if out_type not in (np.float32, np.float64):
         raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
     d = math.prod(shape)
     n_quads = -(-d // 4)  # Box-Muller on pairs: d rounded up to even, then to a multiple of 4
