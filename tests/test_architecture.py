@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("bound", "samplers", "sampler_loop", "solvers", "oracle", "fused"),
     ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
     ("onnx_contract", "runs"),
-    ("runtime", "evaluation", "nn"),
+    ("runtime", "evaluation", "graph", "nn"),
     ("training", "export"),
     ("commands", "cli", "__init__"),
 ]

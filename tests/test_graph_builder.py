@@ -302,3 +302,14 @@ def test_embedding_errors():
     external.graph.initializer[0].data_location = TensorProto.EXTERNAL
     with pytest.raises(ValueError, match="external files"):
         g.add_model(external)
+
+
+def test_without_onnx_the_error_names_the_extra(tmp_path):
+    from blocking import run_blocked
+
+    proc = run_blocked("import refdiff.graph", tmp_path, ["onnx"])
+    assert proc.returncode != 0
+    assert (
+        "building ONNX graphs (refdiff.graph) needs onnx, which is not installed: pip install "
+        '"refdiff[onnx]"' in proc.stderr
+    )
