@@ -24,6 +24,7 @@ This module imports onnx (the ``onnx`` extra), never torch.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -236,13 +237,15 @@ class GraphBuilder:
                 else (np.int64 if isinstance(value, int) else np.float64)
             )
         try:
-            arr = np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))
-            exact = (
-                dtype is None
-                or arr.dtype.kind in "fc"
-                or np.array_equal(arr, np.asarray(value), equal_nan=True)
-            )
-        except (OverflowError, ValueError, TypeError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DeprecationWarning)  # NumPy 1.x: -1 as uint32
+                arr = np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))
+                exact = (
+                    dtype is None
+                    or arr.dtype.kind in "fc"
+                    or np.array_equal(arr, np.asarray(value), equal_nan=True)
+                )
+        except (OverflowError, ValueError, TypeError, DeprecationWarning) as exc:
             raise ValueError(f"constant {value!r} does not fit dtype {dtype!r}: {exc}") from None
         if arr.dtype == object or arr.dtype.kind in "USVOM" or not exact:
             raise ValueError(f"constant {value!r} is not exactly representable as {arr.dtype}")
