@@ -8,10 +8,10 @@ finishes with a checked :class:`onnx.ModelProto` at a fixed opset (18 by default
 refdiff's denoiser export).
 
 An existing model (a refdiff denoiser file) is added once with :meth:`GraphBuilder.add_model`
-(its weights become initializers of the main graph) and then called any number of times, in the
-main graph or inside a ``Loop`` body, with :meth:`GraphBuilder.call`: each call copies its nodes
-with every value renamed under a fresh prefix, so calls never collide with each other or with the
-graph around them.
+(its weights become initializers of the graph it is added to: the Loop body that calls it, say)
+and then called any number of times, there or in that graph's bodies, with
+:meth:`GraphBuilder.call`: each call copies its nodes with every value renamed under a fresh
+prefix, so calls never collide with each other or with the graph around them.
 
 >>> g = GraphBuilder("double")                                          # doctest: +SKIP
 >>> x = g.input("x", np.float32, ("batch", 3))                          # doctest: +SKIP
@@ -94,7 +94,11 @@ class EmbeddedModel:
         Its graph's (required) inputs and outputs, as :meth:`GraphBuilder.call` takes and
         returns them (outputs in the model's order).
     graph : onnx.GraphProto
-        Its graph with the initializers already renamed (internal; copied at each call).
+        Its graph as added (local functions inlined); each call copies and renames it.
+    initializers : mapping of str to str
+        Its initializers' names -> their names in the graph it was added to.
+    owner : GraphBuilder
+        The graph it was added to; calls may be made there or in its bodies.
     """
 
     prefix: str
@@ -119,8 +123,8 @@ class GraphBuilder:
     -----
     Value names are unique across the main graph and all its subgraphs. A subgraph sees the
     values of every graph around it (ONNX outer-scope references); a graph never sees the
-    values of its subgraphs. Constants, and the weights of added models, are initializers of
-    the main graph, visible everywhere.
+    values of its subgraphs. Constants are initializers of the main graph, visible everywhere;
+    the weights of an added model are initializers of the graph it was added to.
     """
 
     def __init__(self, name: str = "graph", *, opset: int = OPSET, _parent: Any = None) -> None:
@@ -470,7 +474,7 @@ class GraphBuilder:
         return outs[0] if len(outs) == 1 else outs
 
     def to_graph(self) -> Any:
-        """This graph as an ``onnx.GraphProto`` (the main graph holds all initializers)."""
+        """This graph as an ``onnx.GraphProto``, with its own initializers."""
         return helper.make_graph(
             self._nodes,
             self.name,
