@@ -92,6 +92,18 @@ def test_names_are_unique_across_the_model_and_its_bodies():
     assert g.op("Neg", x) == "neg" and body.op("Neg", x) == "neg_1"
 
 
+def test_scoped_names_leave_plain_names_to_the_caller():
+    g = GraphBuilder("main")
+    x = g.input("x", np.float32, ("b",))
+    with g.scope("noise"):
+        z = g.op("Neg", x, name="z")
+        with g.scope("inner"):
+            w = g.subgraph("body").fresh("w")
+    assert (z, w) == ("noise/z", "noise/inner/w")
+    assert g.op("Abs", z, name="z") == "z"  # the scope ended
+    assert g.output(z, "noise_out", dtype=np.float32, shape=("b",)) == "noise_out"
+
+
 def test_constants_are_exact_typed_and_shared():
     g = GraphBuilder()
     a, b = g.const(3), g.const(3, np.int64)

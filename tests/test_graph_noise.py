@@ -49,8 +49,9 @@ def _noise_session(shape):
     seed, indices, step = _inputs(g)
     z64 = standard_normal(g, seed, indices, step, shape, dtype=np.float64)
     z32 = standard_normal(g, seed, indices, step, shape)
-    g.output(z64, "z64", dtype=np.float64, shape=("batch", *shape))
-    g.output(z32, "z32", dtype=np.float32, shape=("batch", *shape))
+    # plain names for the outputs: the noise's own values are named under "noise/"
+    g.output(z64, "z", dtype=np.float64, shape=("batch", *shape))
+    g.output(z32, "normal", dtype=np.float32, shape=("batch", *shape))
     return _session(g)
 
 
@@ -86,12 +87,24 @@ def test_normals_equal_standard_normal(shape):
             np.testing.assert_array_equal(z32, want.astype(np.float32))
 
 
-def test_seeds_above_2_63_go_in_as_their_int64_bits():
+def test_int64_bits_are_read_as_unsigned():
+    """A seed in [2**63, 2**64) goes in as seed - 2**64 and draws that seed's noise; a negative
+    index draws the counters of its unsigned bits (as the CUDA kernel of refdiff.fused does)."""
     sess = _noise_session((1, 2, 3))
     for s in (2**63, 2**64 - 1, 2**64 - 2**32 + 9):
         z64, _ = sess.run(None, _feeds(s - 2**64, INDICES, 5))
         want = np_standard_normal(s, INDICES, 5, (1, 2, 3), xp=xp)
         np.testing.assert_allclose(z64, want, rtol=0, atol=F64_ATOL)
+    g = GraphBuilder("words")
+    seed, indices, step = _inputs(g)
+    g.output(philox_words(g, seed, indices, step, 2), "words", dtype=np.int64, shape=("b", 2, 4))
+    (words,) = _session(g).run(None, _feeds(3, [-1, -(2**40)], 5))
+    for row, unsigned in zip(words, (2**64 - 1, 2**64 - 2**40), strict=True):
+        quad = np.arange(2, dtype=np.int64)
+        lo, hi = unsigned % 2**32, unsigned // 2**32
+        counter = (quad, quad * 0 + 5, quad * 0 + lo, quad * 0 + hi)
+        want = np.stack(philox4x32(counter, (3, 0), xp), axis=-1)
+        np.testing.assert_array_equal(row, want)
 
 
 def test_a_sample_does_not_depend_on_its_batch():

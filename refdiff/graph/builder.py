@@ -23,9 +23,10 @@ This module imports onnx (the ``onnx`` extra), never torch.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,7 @@ class GraphBuilder:
             self._taken: set[str] = set()
             self._counters: dict[str, itertools.count] = {}
             self._consts: dict[tuple, str] = {}
+            self._scope = ""
             self._domains: dict[str, int] = {"": opset}
             self._ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
         else:
@@ -157,16 +159,29 @@ class GraphBuilder:
         return self if self.parent is None else self.parent.root
 
     def fresh(self, hint: str) -> str:
-        """Reserve and return a value name not used anywhere in the model: ``hint`` if free,
-        else ``hint_1``, ``hint_2``, ..."""
-        hint = _check_name(hint, "a name hint")
+        """Reserve and return a value name not used anywhere in the model: the current
+        :meth:`scope` + ``hint`` if free, else with ``_1``, ``_2``, ... appended."""
         root = self.root
+        hint = root._scope + _check_name(hint, "a name hint")
         name = hint
         counter = root._counters.setdefault(hint, itertools.count(1))
         while name in root._taken:
             name = f"{hint}_{next(counter)}"
         root._taken.add(name)
         return name
+
+    @contextlib.contextmanager
+    def scope(self, prefix: str) -> Iterator[None]:
+        """Within ``with g.scope("noise"):``, the names made for values and nodes (in this
+        model, by any of its builders) start with ``noise/``, so they cannot take a name that
+        the caller later gives an input or output. Scopes nest."""
+        root = self.root
+        outer = root._scope
+        root._scope = f"{outer}{_check_name(prefix, 'the scope prefix')}/"
+        try:
+            yield
+        finally:
+            root._scope = outer
 
     def _reserve(self, name: str, what: str) -> str:
         name = _check_name(name, what)

@@ -160,9 +160,10 @@ def philox_words(g: GraphBuilder, seed: str, indices: str, step: str, n_quads: i
     str
         int64 [B, n_quads, 4]: the four 32-bit words of each quad, in [0, 2**32).
     """
-    a, b = _philox_pairs(g, seed, indices, step, n_quads)
-    words = g.op("Gather", g.op("Concat", a, b, axis=0), g.const([0, 3, 1, 2]), axis=0)
-    return g.op("Transpose", words, perm=[1, 2, 0], name="philox_words")
+    with _check_builder(g).scope("philox"):
+        a, b = _philox_pairs(g, seed, indices, step, n_quads)
+        words = g.op("Gather", g.op("Concat", a, b, axis=0), g.const([0, 3, 1, 2]), axis=0)
+        return g.op("Transpose", words, perm=[1, 2, 0], name="words")
 
 
 def standard_normal(
@@ -213,28 +214,31 @@ def standard_normal(
         raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
     d = math.prod(shape)
     n_quads = -(-d // 4)  # Box-Muller on pairs: d rounded up to even, then to a multiple of 4
-    a, b = _philox_pairs(g, seed, indices, step, n_quads)  # (c0, c2), (c3, c1)
+    with g.scope("noise"):
+        a, b = _philox_pairs(g, seed, indices, step, n_quads)  # (c0, c2), (c3, c1)
 
-    def uniform(words: str) -> str:  # exact: (word + 0.5) / 2**32
-        as_float = g.op("Cast", words, to=elem_type(np.float64))
-        return g.op("Mul", g.op("Add", as_float, g.const(0.5)), g.const(2.0**-32), name="uniform")
+        def uniform(words: str) -> str:  # exact: (word + 0.5) / 2**32
+            as_float = g.op("Cast", words, to=elem_type(np.float64))
+            return g.op(
+                "Mul", g.op("Add", as_float, g.const(0.5)), g.const(2.0**-32), name="uniform"
+            )
 
-    # Box-Muller on the word pairs (c0, c1) and (c2, c3): [2, B, n_quads] each
-    radius = g.op("Sqrt", g.op("Mul", g.const(-2.0), g.op("Log", uniform(a))), name="radius")
-    u_b = uniform(g.op("Gather", b, g.const([1, 0]), axis=0))
-    theta = g.op("Mul", g.const(2.0 * math.pi), u_b, name="theta")
-    # cos θ as sin(π/2 - θ): the CPU provider of onnxruntime 1.18 (the oldest refdiff supports)
-    # has no float64 Cos; the subtraction adds at most ~3e-16 to the argument
-    angles = [g.op("Sub", g.const(math.pi / 2), theta, name="theta_cos"), theta]
-    angles = g.op("Concat", *(g.op("Unsqueeze", v, g.const([0])) for v in angles), axis=0)
-    z = g.op("Mul", g.op("Unsqueeze", radius, g.const([0])), g.op("Sin", angles), name="z")
-    # [cos/sin, pair, B, n_quads] -> [B, n_quads, pair, cos/sin]: z_4j .. z_4j+3 of sample b
-    z = g.op(
-        "Reshape", g.op("Transpose", z, perm=[2, 3, 1, 0]), g.const([0, 4 * n_quads]), name="z"
-    )
-    if 4 * n_quads != d:
-        z = g.op("Slice", z, g.const([0]), g.const([d]), g.const([1]), name="z")
-    z = g.op("Reshape", z, g.const([0, *shape]), name="normal")
-    if out_type == np.float32:
-        z = g.op("Cast", z, to=elem_type(np.float32), name="normal_f32")
-    return z
+        # Box-Muller on the word pairs (c0, c1) and (c2, c3): [2, B, n_quads] each
+        radius = g.op("Sqrt", g.op("Mul", g.const(-2.0), g.op("Log", uniform(a))), name="radius")
+        u_b = uniform(g.op("Gather", b, g.const([1, 0]), axis=0))
+        theta = g.op("Mul", g.const(2.0 * math.pi), u_b, name="theta")
+        # cos θ as sin(π/2 - θ): the CPU provider of onnxruntime 1.18 (the oldest refdiff
+        # supports) has no float64 Cos; the subtraction adds at most ~3e-16 to the argument
+        angles = [g.op("Sub", g.const(math.pi / 2), theta, name="theta_cos"), theta]
+        angles = g.op("Concat", *(g.op("Unsqueeze", v, g.const([0])) for v in angles), axis=0)
+        z = g.op("Mul", g.op("Unsqueeze", radius, g.const([0])), g.op("Sin", angles), name="z")
+        # [cos/sin, pair, B, n_quads] -> [B, n_quads, pair, cos/sin]: z_4j .. z_4j+3 of sample b
+        z = g.op(
+            "Reshape", g.op("Transpose", z, perm=[2, 3, 1, 0]), g.const([0, 4 * n_quads]), name="z"
+        )
+        if 4 * n_quads != d:
+            z = g.op("Slice", z, g.const([0]), g.const([d]), g.const([1]), name="z")
+        z = g.op("Reshape", z, g.const([0, *shape]), name="normal")
+        if out_type == np.float32:
+            z = g.op("Cast", z, to=elem_type(np.float32), name="normal_f32")
+        return z
