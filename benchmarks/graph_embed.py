@@ -12,6 +12,7 @@ sampler, only the shape of one (a denoiser call and an update per step). Three w
 
     python benchmarks/graph_embed.py                    # the tiny preset, random weights (torch)
     python benchmarks/graph_embed.py --model model.onnx --batch 4
+    python benchmarks/graph_embed.py --model tiny-fp16.onnx --optimization extended
 
 Timings on a shared machine are noisy: compare the ratios of one run, not numbers across runs.
 """
@@ -75,12 +76,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--repeats", type=int, default=7, help="rounds; the minimum is kept")
+    parser.add_argument(
+        "--optimization",
+        choices=["basic", "extended", "all"],
+        default="all",
+        help="onnxruntime's graph optimization level, for every session (default: all)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or tiny_model(Path(tmp))
         model = onnx.load(path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+    level = {
+        "basic": "ORT_ENABLE_BASIC",
+        "extended": "ORT_ENABLE_EXTENDED",
+        "all": "ORT_ENABLE_ALL",
+    }
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level[args.optimization])
     cpu = ["CPUExecutionProvider"]
     file_session = ort.InferenceSession(model.SerializeToString(), opts, providers=cpu)
     x_shape = file_session.get_inputs()[0].shape
@@ -113,7 +126,10 @@ def main() -> None:
             t0 = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)
-    print(f"onnxruntime {ort.__version__}, {args.threads} thread(s), batch {args.batch}, x {shape}")
+    print(
+        f"onnxruntime {ort.__version__} (optimization {args.optimization}), {args.threads} "
+        f"thread(s), batch {args.batch}, x {shape}"
+    )
     print(f"{'':>22}  {'ms / 10 steps':>13}  {'/ python':>8}  {'max |x - python|':>16}")
     for k in runs:
         ratio = best[k] / best["python"]
