@@ -33,7 +33,7 @@ FLOORS: list[tuple[str, ...]] = [
     ),
     ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
     ("onnx_contract", "runs"),
-    ("runtime", "evaluation", "nn"),
+    ("runtime", "evaluation", "graph", "nn"),
     ("training", "export", "models"),
     ("commands", "cli", "__init__"),
 ]
