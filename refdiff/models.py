@@ -6,7 +6,9 @@ every format this module reads:
 =============  =================================================  ========================
 format         what the path is                                   needs
 =============  =================================================  ========================
-``onnx``       a ``.onnx`` file written by ``refdiff export``      ``refdiff[onnx]``
+``onnx``       a ``.onnx`` file written by ``refdiff export``:      ``refdiff[onnx]``
+               a denoiser, or a generator (format
+               ``generator``/``step``: a whole sampler)
 ``diffusers``  a diffusers DDPM/DDIM pipeline folder, or a         ``refdiff[diffusers]``
                ``UNet2DModel`` folder with its scheduler config
 ``refdiff``    a training run folder (its latest checkpoint) or    ``refdiff[torch]``
@@ -52,6 +54,9 @@ class OpenedModel:
         ``.diffusion`` and ``.xp``: what the samplers, the bound and the runtime take.
     module : torch.nn.Module or None
         The PyTorch module behind the denoiser (None for an ONNX file): what export needs.
+    generator : OnnxGenerator or OnnxStepper or None
+        For a generator or step file (``format`` ``generator`` or ``step``): the file's session;
+        ``denoiser`` is then None (the sampler and the network run inside the graph).
     info : mapping
         What a report says about it: the checkpoint and its step, which weights, the device,
         notes on options refdiff does not follow.
@@ -63,10 +68,16 @@ class OpenedModel:
     denoiser: Any
     module: Any = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    generator: Any = None
 
     def describe(self) -> str:
         """One line: the path, the format, the weights, T and the parameterisation."""
         d = self.diffusion
+        if self.generator is not None:
+            return (
+                f"{self.path}: {self.generator.metadata.describe()}, T = {d.num_timesteps}, "
+                f"{d.prediction.value} prediction, {d.variance.value} variance"
+            )
         weights = self.info.get("weights")
         step = self.info.get("step")
         extra = "".join(
@@ -109,7 +120,12 @@ def _open_onnx(
     p: Path, *, device: str, ema: bool | None, session_options: Any = None
 ) -> OpenedModel:
     _no_ema_option(p, ema, "the ONNX file")
+    from .onnx_contract import METADATA_KEY, file_kind, read_metadata_props
+
+    kind = file_kind(read_metadata_props(p).get(METADATA_KEY))
     try:
+        if kind != "denoiser":  # a generator file: the whole sampler inside
+            return _open_generator(p, kind, device, session_options)
         from .runtime import OnnxDenoiser
 
         den = OnnxDenoiser(p, device=device, session_options=session_options)
@@ -121,6 +137,26 @@ def _open_onnx(
         ) from exc
     info = {"kind": "onnx", "path": str(p), "device": den.device, "weights": den.metadata.dtype}
     return OpenedModel(p, "onnx", den.diffusion, den, None, info)
+
+
+def _open_generator(p: Path, kind: str, device: str, session_options: Any) -> OpenedModel:
+    """A generator file: no denoiser to call, the sampler runs inside (``generator``)."""
+    from .runtime.generator import OnnxGenerator, OnnxStepper
+
+    if device != "cpu":
+        raise ValueError(f"generator files run on the CPU here; got device {device!r}")
+    gen = (OnnxGenerator if kind == "generator" else OnnxStepper)(
+        p, session_options=session_options
+    )
+    meta = gen.metadata
+    info = {
+        "kind": kind,
+        "path": str(p),
+        "device": "cpu",
+        "weights": meta.denoiser.get("dtype", "float32"),
+        "sampler": dict(meta.sampler),
+    }
+    return OpenedModel(p, kind, gen.diffusion, None, None, info, generator=gen)
 
 
 def _torch(format_name: str, extra: str) -> Any:

@@ -17,7 +17,13 @@ from ..samplers import DEFAULT_SAMPLER, SAMPLERS
 from ..settings import Diffusion
 from ._argtypes import positive_int
 
-__all__ = ["add_sampler_arguments", "choose_sampler", "option_flags", "sampler_table"]
+__all__ = [
+    "add_sampler_arguments",
+    "choose_sampler",
+    "option_flags",
+    "sampler_flags_given",
+    "sampler_table",
+]
 
 
 def option_flags() -> dict[str, list[tuple[str, Option]]]:
@@ -117,3 +123,15 @@ def choose_sampler(args: argparse.Namespace, diffusion: Diffusion) -> SamplerCho
             )
         options[opt_name] = value
     return diffusion.choose_sampler(name, args.steps, args.spacing, **options)
+
+
+def sampler_flags_given(args: argparse.Namespace) -> list[str]:
+    """The sampler flags set on the command line (``--sampler``, ``--steps``, ``--spacing``,
+    an option's flag), as written."""
+    given = [
+        f"--{k}" for k in ("sampler", "steps", "spacing") if getattr(args, k, None) is not None
+    ]
+    for opt_name in option_flags():
+        if getattr(args, f"option_{opt_name}", None) is not None:
+            given.append("--" + opt_name.replace("_", "-"))
+    return given

@@ -287,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
     from ..models import open_model
 
     opened = open_model(args.model, device=args.device)
+    if opened.denoiser is None:
+        raise ValueError(
+            f"{args.model!r} is a {opened.format} file: its sampler and network run inside the "
+            "graph, so there is no denoiser to score; evaluate the denoiser file or model it was "
+            "built from"
+        )
     denoiser, diffusion, model_info = opened.denoiser, opened.diffusion, dict(opened.info)
     if "run_steps" in model_info and model_info["step"] < model_info["run_steps"]:
         print(

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     start, stop = shard_range(args.n, args.shard)  # checks n against the shard count
     png, npz = check_output_path(args.out)  # before the (long) sampling, not after
     model = open_model(args.model, device=args.device)
+    if model.format in ("generator", "step"):
+        return _run_generator(args, model, png, start, stop)
     choice = choose_sampler(args, model.diffusion)
     den = model.denoiser
     where = f"ONNX via {den.providers[0]}" if model.format == "onnx" else "PyTorch"
@@ -155,4 +157,55 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {png} (grid of {images.shape[0]}) and {npz} (images, indices {start}..{stop - 1}, seed)"
     )
+    return 0
+
+
+def _run_generator(args: argparse.Namespace, model: Any, png: Any, start: int, stop: int) -> int:
+    """A generator file runs as it is: its sampler, steps and options are inside the graph."""
+    import json
+
+    import numpy as np
+
+    from ..runtime.sampling import save_samples
+    from ._sampler_args import sampler_flags_given
+
+    if model.format == "step":
+        raise ValueError(
+            f"{args.model!r} is a step file (one sampler step per call, for hosts that show "
+            "progress); `refdiff sample` runs the generator file beside it"
+        )
+    meta = model.generator.metadata
+    given = sampler_flags_given(args)
+    if given:
+        raise ValueError(
+            f"{args.model!r} is a generator file whose sampler is built in ({meta.describe()}); "
+            f"{', '.join(given)} cannot change it: export another generator, or sample the "
+            "denoiser file"
+        )
+    print(model.describe())
+    shard = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]})"
+    print(f"sampling {stop - start} of {args.n} samples{shard} with the file's sampler")
+    from tqdm.auto import tqdm
+
+    with tqdm(total=stop - start, unit="sample", disable=args.no_progress) as bar:
+        images = model.generator.sample_images(
+            args.n,
+            seed=args.seed,
+            shard=args.shard,
+            batch_size=args.batch_size,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    s = meta.sampler
+    info = {
+        "sampler": s["sampler"],
+        "steps": s["steps"],
+        "spacing": s["spacing"],
+        "options": json.dumps(s.get("options", {}), sort_keys=True),
+        "n": args.n,
+        "model": str(args.model),
+    }
+    save_samples(
+        images, png, indices=np.arange(start, stop), seed=args.seed, info=info, nrow=args.nrow
+    )
+    print(f"wrote {png} (grid of {images.shape[0]}) and {png.with_suffix('.npz')}")
     return 0

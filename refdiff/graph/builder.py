@@ -215,7 +215,9 @@ class GraphBuilder:
 
     # -- inputs, constants, nodes, outputs -----------------------------------------------------
 
-    def input(self, name: str, dtype: Any, shape: Sequence[Dim] | None = None) -> str:
+    def input(
+        self, name: str, dtype: Any, shape: Sequence[Dim] | None = None, *, default: Any = None
+    ) -> str:
         """Declare a graph input and return its name.
 
         Parameters
@@ -227,9 +229,18 @@ class GraphBuilder:
             Fixed sizes, names of dynamic dimensions (``"batch"``) or None (unknown). The whole
             shape None (an unknown rank) only in a body: a main graph's inputs and outputs need
             one.
+        default : array-like, optional
+            Makes the input optional (main graph only): an initializer of the same name holds
+            this value, which a caller may override by feeding the input (onnxruntime's
+            overridable initializers). An empty array is the usual "not given" default.
         """
         info = helper.make_tensor_value_info(name, elem_type(dtype), self._io_shape(shape, name))
+        if default is not None and self.parent is not None:
+            raise ValueError(f"input {name!r}: only a main graph's inputs may have a default")
         name = self._reserve(name, "the input name")
+        if default is not None:
+            np_dtype = helper.tensor_dtype_to_np_dtype(elem_type(dtype))
+            self._initializers.append(numpy_helper.from_array(np.asarray(default, np_dtype), name))
         self._inputs.append(info)
         self._defined.add(name)
         self._input_names.add(name)
