@@ -36,9 +36,9 @@ MARKER = ".refdiff-demo"
 #: The demo's wall time on a 2-core CPU after the install, as README.md measures it (two fresh-clone
 #: runs of `make demo`: 3 min 59 s idle, 4 min 3 s beside a busy process).
 MEASURED_MINUTES = 4
-#: The samplers and budgets of network calls of the demo's quality-vs-calls sweep (200 = T: the
-#: reference, DDPM over every step). benchmarks/quality_vs_steps.py runs a larger one.
-SWEEP_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "heun")
+#: The budgets of network calls of the demo's quality-vs-calls sweep, over every registered sampler
+#: on its own spacing (200 = T: the reference, DDPM over every step). benchmarks/quality_vs_steps.py
+#: runs a larger one.
 SWEEP_CALLS = (5, 10, 20, 50, 200)
 _BLOCK_TORCH = (
     "import sys\n"
@@ -344,7 +344,7 @@ def torch_free_stage(args_json: str) -> None:
         if i in keep:
             frames.append(np.clip(x[0], -1, 1))
 
-    diffusion.sample(den, 1, seed=a["seed"], callback=grab, dtype=np.float32)
+    diffusion.sample(den, 1, sampler="ddpm", seed=a["seed"], callback=grab, dtype=np.float32)
     strip = np.stack(frames)
     save_strip(np.round((strip + 1) * 127.5).astype(np.uint8), out / "trajectory.png", scale=8)
 
@@ -375,13 +375,15 @@ def torch_free_stage(args_json: str) -> None:
     res["sample_quality"] = report["sample_quality"]
 
     # the same model with fewer network calls: each sampler at each budget, scored the same way
+    from refdiff import SAMPLERS
+
     say(
-        f"sample quality against network calls: {len(SWEEP_SAMPLERS)} samplers x budgets "
+        f"sample quality against network calls: {len(SAMPLERS)} samplers x budgets "
         f"{', '.join(map(str, SWEEP_CALLS))}, {a['n_samples']} samples each"
     )
     ts = time.perf_counter()
     sweep = require("tqdm", "eval", "progress bars").tqdm(
-        total=len(SWEEP_SAMPLERS) * sum(SWEEP_CALLS) * a["n_samples"],
+        total=len(SAMPLERS) * sum(SWEEP_CALLS) * a["n_samples"],
         desc="sweep",
         unit="sample-call",
         unit_scale=True,
@@ -391,7 +393,7 @@ def torch_free_stage(args_json: str) -> None:
     rows = quality_vs_steps(
         den,
         diffusion,
-        SWEEP_SAMPLERS,
+        None,  # every sampler of the registry
         SWEEP_CALLS,
         n=a["n_samples"],
         seed=a["seed"],
