@@ -675,7 +675,7 @@ def test_eval_and_sample_open_a_diffusers_folder_directly(exported, tmp_path, ca
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "images.npz", images=rng.integers(0, 256, (4, *SHAPE), dtype=np.uint8))
     common = ["--data", str(tmp_path / "images.npz"), "--split", "all", "--no-progress"]
-    common += ["--no-full", "--mc-draws", "2", "--mc-timesteps", "uniform"]
+    common += ["--no-full", "--mc-draws", "2"]
     reports = {}
     for name, model in (("folder", folder), ("onnx", path)):
         out = tmp_path / f"{name}.json"

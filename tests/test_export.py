@@ -156,7 +156,7 @@ def test_verify_shows_its_progress(tiny_onnx, capsys):
     left (on stderr), when asked; nothing otherwise."""
     verify_onnx(tiny_model(), tiny_onnx, progress=True)
     err = capsys.readouterr().err
-    assert "parity" in err and "6/6" in err and "case" in err
+    assert "parity" in err and "/6" in err and "case" in err
     verify_onnx(tiny_model(), tiny_onnx)
     assert capsys.readouterr().err == ""
 

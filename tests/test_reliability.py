@@ -82,7 +82,7 @@ def test_export_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     train(config, run, device="cpu", progress=False)
     monkeypatch.setattr(onnx, "save_model", _disk_full)
     out = tmp_path / "m.onnx"
-    code = main(["export", str(run), "--out", str(out)])
+    code = main(["export", str(run), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.splitlines() == [

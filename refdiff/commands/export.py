@@ -164,7 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
     opened = _torch_model(args.checkpoint, args.no_ema)
     model = opened.module
     # recorded in the file, so that `refdiff check` compares like with like
-    weights = ("raw" if args.no_ema else "ema") if opened.format == "checkpoint" else None
+    weights = ("raw" if args.no_ema else "ema") if opened.format == "refdiff" else None
     params = sum(p.numel() for p in model.parameters()) / 1e6
     then = "" if args.no_verify else ", then the parity check against PyTorch"
     print(
@@ -250,7 +250,7 @@ def run_check(args: argparse.Namespace) -> int:
         n = len(exc.report.failures)
         if recorded is not None and args.no_ema and recorded != "raw":
             hint = "; the file holds EMA weights (its metadata says so): drop --no-ema"
-        elif recorded is None and opened.format == "checkpoint":
+        elif recorded is None and opened.format == "refdiff":
             hint = (
                 "; the file does not record whether it holds EMA or raw weights (exported before "
                 "refdiff recorded it): "
