@@ -428,7 +428,7 @@ def test_cli_sample_writes_png_and_npz(tiny_onnx, denoiser, tmp_path, capsys):
             )
             == 0
         )
-    parts = [np.load(tmp_path / f"s{k}.npz") for k in range(2)]
+    parts = [np.load(tmp_path / f"s{k}-shard{k:02d}of02.npz") for k in range(2)]  # named apart
     np.testing.assert_array_equal(np.concatenate([p["images"] for p in parts]), want)
     assert np.concatenate([p["indices"] for p in parts]).tolist() == list(range(6))
 
