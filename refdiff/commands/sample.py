@@ -68,7 +68,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or a diffusers pipeline folder",
     )
     p.add_argument(
-        "--n", type=positive_int, default=64, help="samples in the whole run (default: 64)"
+        "--n",
+        "--num-samples",
+        type=positive_int,
+        default=64,
+        help="samples in the whole run (default: 64); under torchrun spell it --num-samples "
+        "(torchrun takes --n for an abbreviation of its own options)",
     )
     add_sampler_arguments(p)
     p.add_argument(
