@@ -453,8 +453,8 @@ def test_cli_sample_offers_every_sampler_and_spacing(tiny_onnx, denoiser, tmp_pa
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--n", "0"], "argument --n: must be a positive integer"),
-        (["--n", "many"], "argument --n: expected a positive integer"),
+        (["--n", "0"], "argument --n/--num-samples: must be a positive integer"),
+        (["--n", "many"], "argument --n/--num-samples: expected a positive integer"),
         (["--sampler", "langevin"], "argument --sampler: invalid choice: 'langevin'"),
         (["--spacing", "uniform"], "argument --spacing: invalid choice: 'uniform'"),
         (["--shard", "2/2"], "argument --shard: shard index K must be in"),

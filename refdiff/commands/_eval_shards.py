@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="join the partial results of `refdiff eval --shard` (files or a quoted glob, e.g. "
         "'parts/eval-shard*.npz') into the report of one run over all the images, bit for bit; "
-        "MODEL and the data options are not needed (they are recorded in the parts)",
+        "the data options are recorded in the parts, and MODEL, if given, is checked against "
+        "them",
     )
     p.add_argument(
         "--allow-partial",

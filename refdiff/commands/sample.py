@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..models import open_model
     from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
-    from ..runtime.shards import launcher_device, sample_record, shard_path
+    from ..runtime.shards import launcher_device, sample_record, shard_glob, shard_path
 
     start, stop = shard_range(args.n, args.shard)  # checks n against the shard count
     # before the (long) sampling, not after; a shard's files carry it in their name
@@ -152,4 +152,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {png} (grid of {images.shape[0]}) and {npz} (images, indices {start}..{stop - 1}, seed)"
     )
+    if args.shard is not None:
+        print(f"join the shards: refdiff eval MODEL --samples '{shard_glob(npz, args.shard)}'")
     return 0
