@@ -9,7 +9,11 @@ STAMP := $(VENV)/.refdiff-installed
 # for the tiny model on an idle 2-core machine and does not collapse beside a busy process.
 THREADS ?= 1
 
-.PHONY: install test test-slow test-gpu lint demo bench clean
+# The oldest versions pyproject.toml allows, in a venv of their own (make test-floors)
+FLOORS_VENV ?= .venv-floors
+FLOORS_EXTRAS ?= data eval onnx test
+
+.PHONY: install test test-slow test-gpu test-floors lint demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +33,23 @@ test-slow: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m "gpu" -q
 
+# The base install and the extras named in FLOORS_EXTRAS at their declared floors (uv's
+# lowest-direct resolution, wheels only), checked to be those floors, then the suite's part that
+# runs without torch (the rest skips). torch and diffusers are not in it: torch's floor (2.5) is
+# a multi-GB CUDA download from PyPI. See .ci/floors.py and CHANGELOG.md.
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q "uv>=0.5"
+	$(FLOORS_VENV)/bin/python .ci/floors.py requirements $(FLOORS_EXTRAS) > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/uv pip install -q --python $(FLOORS_VENV)/bin/python \
+		--resolution lowest-direct --only-binary :all: -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/uv pip install -q --python $(FLOORS_VENV)/bin/python --no-deps -e .
+	$(FLOORS_VENV)/bin/python .ci/floors.py check $(FLOORS_EXTRAS)
+	$(FLOORS_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check refdiff export tests benchmarks
+	$(VENV)/bin/ruff check refdiff export tests benchmarks .ci
 
 demo: $(STAMP)
 	$(VENV)/bin/refdiff demo --out runs/demo --threads $(THREADS)
@@ -39,4 +58,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/core.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS_VENV) build *.egg-info .pytest_cache .hypothesis
