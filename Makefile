@@ -13,13 +13,13 @@ THREADS ?= 1
 FLOORS_VENV ?= .venv-floors
 FLOORS_EXTRAS ?= data eval onnx test
 
-.PHONY: install test test-slow test-gpu test-floors lint demo bench clean
+.PHONY: install test test-slow test-gpu test-floors lint docs demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[all,test,diffusers]"
+	$(PY) -m pip install -q -e ".[all,test,diffusers,docs]"
 	touch $@
 
 install: $(STAMP)
@@ -49,7 +49,13 @@ test-floors:
 	$(FLOORS_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check refdiff export tests benchmarks .ci
+	$(VENV)/bin/ruff check refdiff export tests benchmarks .ci docs
+
+# The reference site: docs/*.md and the API reference from the docstrings, warnings as errors
+# (docs/conf.py; docs/_ext/refdiff_apidoc.py writes the API pages and checks the public docstrings).
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -d build/docs/doctrees docs build/docs/html
+	@echo "docs: build/docs/html/index.html"
 
 demo: $(STAMP)
 	$(VENV)/bin/refdiff demo --out runs/demo --threads $(THREADS)

@@ -167,7 +167,7 @@ def _indices(sample_indices: Any, B: int) -> Any:
 
 
 def standard_normal_cuda(seed: int, sample_indices: Any, step: int, shape: tuple[int, ...]) -> Any:
-    """float32 noise [B, *shape] on the current CUDA device, equal to
+    """float32 noise ``[B, *shape]`` on the current CUDA device, equal to
     ``refdiff.noise.standard_normal(seed, sample_indices, step, shape, dtype=float32)``."""
     import cupy
 

@@ -138,6 +138,12 @@ def standard_normal(
         Shape of one sample, e.g. (C, H, W).
     xp, dtype, device
         Backend namespace, output dtype (default float64) and device.
+
+    Returns
+    -------
+    array
+        ``[B, *shape]`` N(0, 1) draws (Box–Muller in float64 on Philox uniforms), of ``xp`` on
+        ``device``.
     """
     d = math.prod(shape)
     n = -(-d // 2) * 2
