@@ -12,14 +12,16 @@ THREADS ?= 1
 # The oldest versions pyproject.toml allows, in a venv of their own (make test-floors)
 FLOORS_VENV ?= .venv-floors
 FLOORS_EXTRAS ?= data eval onnx test
+# A clean venv for the built wheel (make dist)
+DIST_VENV ?= .venv-dist
 
-.PHONY: install test test-slow test-gpu test-floors lint docs demo bench clean
+.PHONY: install test test-slow test-gpu test-floors lint docs dist demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[all,test,diffusers,docs]"
+	$(PY) -m pip install -q -e ".[all,test,diffusers,docs,release]"
 	touch $@
 
 install: $(STAMP)
@@ -57,6 +59,16 @@ docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -d build/docs/doctrees docs build/docs/html
 	@echo "docs: build/docs/html/index.html"
 
+# sdist and wheel, twine's metadata check, then the wheel alone in a clean venv, from outside
+# the source tree: its modules, license, console script and core (.ci/wheel_check.py).
+dist: $(STAMP)
+	rm -rf dist $(DIST_VENV) build/lib build/bdist.* *.egg-info && mkdir -p build
+	$(PY) -m build --outdir dist . > build/dist.log 2>&1 || (cat build/dist.log; exit 1)
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install -q dist/*.whl
+	cd $(DIST_VENV) && bin/python $(CURDIR)/.ci/wheel_check.py $(CURDIR)
+
 demo: $(STAMP)
 	$(VENV)/bin/refdiff demo --out runs/demo --threads $(THREADS)
 
@@ -64,4 +76,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/core.py
 
 clean:
-	rm -rf $(VENV) $(FLOORS_VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS_VENV) $(DIST_VENV) build dist *.egg-info .pytest_cache .hypothesis
