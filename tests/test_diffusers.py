@@ -687,7 +687,8 @@ def test_the_ddpm_cifar10_pipeline_goes_through_export_sample_and_eval(tmp_path)
     den = OnnxDenoiser(tmp_path / "cifar10.onnx")
     assert den.diffusion.image_shape == (3, 32, 32) and den.diffusion.num_timesteps == 1000
     assert den.metadata.model["config"]["block_out_channels"] == [128, 256, 256, 256]
-    assert np.load(tmp_path / "samples.npz")["images"].shape == (4, 3, 32, 32)
+    with np.load(tmp_path / "samples.npz") as samples:
+        assert samples["images"].shape == (4, 3, 32, 32)
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["bits_per_dim"]["bpd_mc"] > 0
 
