@@ -227,7 +227,8 @@ def _log1mexp(d: Array, xp: Any) -> Array:
     """log(1 - e^d) for d < 0, accurate everywhere (Mächler 2012), with inputs kept finite in
     both branches so that autograd sees no inf·0."""
     tiny = xp.finfo(d.dtype).smallest_normal
-    d = xp.minimum(d, -tiny)
+    # clip, not minimum(d, scalar), which array-api-compat < 1.16 refuses on torch
+    d = xp.clip(d, None, -tiny)
     near = d > -LN2
     d_near = xp.where(near, d, -1.0)
     d_far = xp.where(near, -1.0, d)

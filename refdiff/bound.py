@@ -301,7 +301,7 @@ def variational_bound_mc(
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
         # a contiguous copy of the column: torch's searchsorted warns on strided input
         u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
-        t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
+        t = xp.clip(xp.searchsorted(cdf_x, u), None, T - 1)
         t = xp.astype(t, xp.int64)
         nats = term(t, 2 * k + 1).nats
         w = xp.astype(xp.take(probs_x, t, axis=0), nats.dtype)
