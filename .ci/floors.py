@@ -1,14 +1,20 @@
 """The dependency floors that pyproject.toml declares, as requirements and as a check.
 
-    python .ci/floors.py requirements data eval onnx test   # the base and these extras, one a line
-    python .ci/floors.py check data eval onnx test          # installed == declared floor, or exit 1
+    python .ci/floors.py requirements [--pinned torch] data eval onnx torch test
+    python .ci/floors.py check [--pinned torch] data eval onnx torch test
+
+``requirements`` prints the base requirements and those of the extras named, one a line;
+``check`` compares what is installed with the floors and exits 1 when one differs.
 
 `make test-floors` installs the requirements with uv's lowest-direct resolution and wheels only,
 so every package pyproject.toml names gets its oldest allowed release and the packages they pull
 in get their newest. `check` then proves that what was installed is the floor that pyproject.toml
 declares, to the precision it is written in (``numpy>=1.26`` is met by 1.26.x; ``pillow>=9``
 is not met by 9.3, which is what a missing wheel for this Python would give): a floor that cannot
-install here fails the run instead of being silently replaced by a newer release.
+install here fails the run instead of being silently replaced by a newer release. A package named
+in several places (array-api-compat in the base and in the torch extra) has the highest of its
+floors. A ``--pinned`` package is left out of the requirements (it is installed otherwise) and
+reported, not checked.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ def requirements(extras: list[str]) -> list[str]:
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     name = project["name"]
     optional = project.get("optional-dependencies", {})
-    out: list[str] = []
     todo = list(extras)
     done: set[str] = set()
     reqs = list(project["dependencies"])
@@ -46,10 +51,7 @@ def requirements(extras: list[str]) -> list[str]:
                 todo += [e.strip() for e in m.group(2).strip("[]").split(",")]
             else:
                 reqs.append(req)
-    for req in reqs:
-        if req not in out:
-            out.append(req)
-    return out
+    return list(dict.fromkeys(reqs))
 
 
 def _floor(spec: str) -> str | None:
@@ -62,32 +64,39 @@ def _release(version: str, width: int) -> tuple[int, ...]:
     return tuple(parts + [0] * (width - len(parts)))
 
 
-def check(extras: list[str]) -> int:
-    """Print each package's declared floor and installed version; 1 if any is not its floor."""
-    bad = 0
-    seen: set[str] = set()
+def floors(extras: list[str]) -> dict[str, tuple[str, str | None]]:
+    """Package -> (its specifiers, joined; its highest floor) over the base and ``extras``."""
+    out: dict[str, tuple[str, str | None]] = {}
     for req in requirements(extras):
         m = _REQ.match(req)
         assert m is not None, req
-        pkg, spec = m.group(1), m.group(3)
-        if pkg.lower() in seen:
-            continue
-        seen.add(pkg.lower())
+        pkg, spec = m.group(1).lower(), m.group(3).strip()
+        old_spec, old_floor = out.get(pkg, ("", None))
         floor = _floor(spec)
+        if old_floor is not None and (floor is None or _release(old_floor, 4) > _release(floor, 4)):
+            floor = old_floor
+        out[pkg] = (", ".join(s for s in (old_spec, spec) if s), floor)
+    return out
+
+
+def check(extras: list[str], pinned: set[str]) -> int:
+    """Print each package's declared floor and installed version; 1 if any is not its floor."""
+    bad = 0
+    for pkg, (spec, floor) in floors(extras).items():
         try:
             installed = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            print(f"  {pkg:<18} declared {spec:<14} NOT INSTALLED")
+            print(f"  {pkg:<18} declared {spec:<22} NOT INSTALLED")
             bad += 1
             continue
-        if floor is None:
-            print(f"  {pkg:<18} declared {spec or '(any)':<14} installed {installed} (no floor)")
+        if pkg in pinned or floor is None:
+            why = "pinned: its floor is not tested" if pkg in pinned else "no floor"
+            print(f"  {pkg:<18} declared {spec or '(any)':<22} installed {installed} ({why})")
             continue
         width = max(2, floor.count(".") + 1)
         ok = _release(installed, width) == _release(floor, width)
-        print(
-            f"  {pkg:<18} declared {spec:<14} installed {installed}{'' if ok else '  <- NOT THE FLOOR'}"
-        )
+        mark = "" if ok else f"  <- NOT THE FLOOR {floor}"
+        print(f"  {pkg:<18} declared {spec:<22} installed {installed}{mark}")
         bad += not ok
     if bad:
         print(
@@ -102,11 +111,16 @@ def main(argv: list[str]) -> int:
     if len(argv) < 1 or argv[0] not in ("requirements", "check"):
         print(__doc__)
         return 2
-    extras = argv[1:]
-    if argv[0] == "requirements":
-        print("\n".join(requirements(extras)))
+    command, rest = argv[0], argv[1:]
+    pinned: set[str] = set()
+    while rest[:1] == ["--pinned"] and len(rest) > 1:
+        pinned.add(rest[1].lower())
+        rest = rest[2:]
+    if command == "requirements":
+        keep = [r for r in requirements(rest) if _REQ.match(r).group(1).lower() not in pinned]
+        print("\n".join(keep))
         return 0
-    return check(extras)
+    return check(rest, pinned)
 
 
 if __name__ == "__main__":
