@@ -40,25 +40,27 @@ refdiff_apidoc.write_api_pages(HERE / "api", HERE / "cli.md")
 # as a Python warning, which sphinx-build -W does not count: make it an error.
 warnings.filterwarnings("error", category=UserWarning, module="numpydoc")
 
-# Names in a public __all__ whose docstrings their owners are writing: the check skips them until
-# they are removed from this list (it warns when a name here is no longer public).
+# Public names whose docstrings still lack Parameters or Returns sections (the sampler modules and
+# runtime/sampling.py, written while this check was being built): the check skips them, and
+# fails when a name here is no longer public or its docstring now passes, so the list only
+# shrinks. Document one, then remove it here.
 refdiff_api_pending = [
-    "refdiff.SAMPLERS",
-    "refdiff.Diffusion",
+    "refdiff.Option",
+    "refdiff.SamplerChoice",
     "refdiff.ddim_sample",
-    "refdiff.ddpm_sample",
     "refdiff.dpmpp_2m_sample",
     "refdiff.dpmpp_2m_sde_sample",
     "refdiff.dpmpp_3m_sample",
     "refdiff.euler_sample",
+    "refdiff.get_sampler",
     "refdiff.heun_sample",
     "refdiff.network_calls",
+    "refdiff.run_plan",
     "refdiff.sample",
     "refdiff.runtime.Denoiser",
     "refdiff.runtime.check_output_path",
     "refdiff.runtime.parse_shard",
     "refdiff.runtime.sample_array",
-    "refdiff.runtime.sample_images",
     "refdiff.runtime.save_samples",
     "refdiff.runtime.shard_range",
     "refdiff.runtime.to_uint8",

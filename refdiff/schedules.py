@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_int
 from ._enums import Spacing
 
 __all__ = [
@@ -264,10 +265,7 @@ def make_betas(name: str, T: int, **params: Any) -> np.ndarray:
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
-        raise TypeError(f"T must be an int, got {type(T).__name__} {T!r}")
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    T = check_int(T, "T", minimum=1)
     fn, defaults = SCHEDULES[name]
     unknown = set(params) - set(defaults)
     if unknown:
@@ -439,9 +437,8 @@ def space_timesteps(T: int, n: int) -> np.ndarray:
     int64 array [n]
         Increasing indices.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"number of steps must be an int, got {n!r}")
-    if not 1 <= n <= T:
+    n = check_int(n, "the number of steps", minimum=1)
+    if n > T:
         raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
     if n == 1:
         return np.array([T - 1], dtype=np.int64)
@@ -492,9 +489,8 @@ def select_timesteps(
     T = schedule.num_timesteps
     if spacing is Spacing.EVEN:
         return space_timesteps(T, n)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"number of steps must be an int, got {n!r}")
-    if not 1 <= n <= T:
+    n = check_int(n, "the number of steps", minimum=1)
+    if n > T:
         raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
     if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
         raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
