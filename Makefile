@@ -38,8 +38,9 @@ test-gpu: $(STAMP)
 # The base install and the extras named in FLOORS_EXTRAS at their declared floors (uv's
 # lowest-direct resolution, wheels only), checked to be those floors, then the suite (what needs
 # a package not installed skips: diffusers, CuPy). torch itself is TORCH_SPEC, pinned: its floor
-# (2.5) is a multi-GB CUDA download from PyPI. On the 2-core machine: 1 min 48 s without torch
-# (FLOORS_EXTRAS="data eval onnx test"), 5 min 30 s with it. See .ci/floors.py, CHANGELOG.md.
+# (2.5) is a multi-GB CUDA download from PyPI. On the busy 2-core machine, with the suite of
+# 2026-12-01: 9 min 45 s (FLOORS_EXTRAS="data eval onnx test", without torch: 1 min 48 s on the
+# smaller suite before). See .ci/floors.py and CHANGELOG.md.
 FLOORS_PINNED := $(if $(filter torch,$(FLOORS_EXTRAS)),--pinned torch)
 test-floors:
 	rm -rf $(FLOORS_VENV)
