@@ -31,7 +31,7 @@ from .onnx_export import eval_mode, model_settings
 
 __all__ = ["DEFAULT_TOLERANCES", "ParityCase", "ParityError", "ParityReport", "verify_onnx"]
 
-#: Default (atol, rtol) per weight dtype: |onnx - torch| <= atol + rtol |torch| everywhere.
+#: Default (atol, rtol) per weight dtype: ``|onnx - torch| <= atol + rtol |torch|`` everywhere.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-4),
     "float16": (2e-2, 2e-2),
@@ -40,7 +40,23 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class ParityCase:
-    """One comparison: a batch size and a timestep, one output."""
+    """One comparison: a batch size and a timestep, one output.
+
+    Attributes
+    ----------
+    batch_size : int
+        The batch size of the inputs.
+    timestep : int
+        The timestep index given to every example.
+    output : str
+        The output's name.
+    shape : tuple of int
+        The output's shape from onnxruntime.
+    max_abs, max_rel : float
+        Largest absolute and relative difference from PyTorch.
+    ok : bool
+        Whether every element is within the tolerances.
+    """
 
     batch_size: int
     timestep: int
@@ -58,6 +74,19 @@ class ParityReport:
     ``max_rel`` is ``max |onnx - torch| / (|torch| + atol)``: relative error, with ``atol`` as the
     floor of the denominator so that outputs near zero do not dominate. A case passes when
     ``|onnx - torch| <= atol + rtol |torch|`` everywhere (``numpy.allclose``).
+
+    Attributes
+    ----------
+    path : str
+        The ONNX file.
+    dtype : str
+        Its weight dtype (``"float32"`` or ``"float16"``).
+    atol, rtol : float
+        The tolerances the cases were held to.
+    cases : tuple of ParityCase
+        Every comparison made.
+    failures : tuple of str
+        One line per failure; empty when the file passes.
     """
 
     path: str
@@ -129,6 +158,9 @@ def verify_onnx(
 ) -> ParityReport:
     """Compare the ONNX file at ``path`` (onnxruntime, CPU) with ``model`` (PyTorch, float32).
 
+    Checks, in order, collecting every failure: the refdiff metadata (present, valid, describing
+    this model), the input and output names, then per case the output shape and the values.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -147,8 +179,10 @@ def verify_onnx(
     raise_on_failure : bool
         Raise :class:`ParityError` if anything fails (default); otherwise just report.
 
-    Checks, in order, collecting every failure: the refdiff metadata (present, valid, describing
-    this model), the input and output names, then per case the output shape and the values.
+    Returns
+    -------
+    ParityReport
+        Every case's largest absolute and relative error, and every failure found.
     """
     import onnxruntime as ort
 

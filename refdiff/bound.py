@@ -58,6 +58,17 @@ class BoundResult(NamedTuple):
 
     ``total_bpd`` [B] = ``prior_bpd`` [B] + Σ_t ``terms_bpd`` [B, T]; ``x0_mse`` [B, T] is the
     model's x_0 error at each step (a diagnostic, as in improved DDPM's ``calc_bpd_loop``).
+
+    Attributes
+    ----------
+    total_bpd : array [B]
+        The bound, per example, in bits/dim.
+    prior_bpd : array [B]
+        The prior term L_T.
+    terms_bpd : array [B, T]
+        L_{t-1} for index t = 0 … T-1 (column 0 is the decoder term L_0).
+    x0_mse : array [B, T]
+        Mean squared error of the model's x̂_0 at each index.
     """
 
     total_bpd: Array
@@ -130,6 +141,42 @@ def variational_bound(
     Evaluates all T terms (Ho et al. eq. 5; improved DDPM's ``calc_bpd_loop``): the prior L_T in
     closed form, and for each index t the KL (t > 0) or decoder NLL (t = 0) at
     x_t = q_sample(x_0, t, ε) with ε drawn from the counter-based generator at (seed, sample, t).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule (respaced or not).
+    denoiser : callable
+        ``denoiser(x_t, t) -> model_output`` on arrays of ``x_start``'s backend: x_t [B, C, ...],
+        t int64 [B] in the model's own schedule, output [B, C, ...] (or [B, 2C, ...] for a
+        learned variance) of x_t's dtype.
+    x_start : array [B, C, ...]
+        Data x_0, real floating; within ``data_range`` for the discretized decoder.
+    prediction : Prediction or str
+        What the denoiser's mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"``.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the reverse mean.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+    seed : int
+        Seed of the counter-based noise (a non-negative 64-bit integer).
+    sample_indices : integer array [B], optional
+        Each example's global index in the noise stream (default 0 … B-1), so that an example's
+        result does not depend on the batch it is in.
+    progress : callable, optional
+        Called as ``progress(done, T)`` after each of the T denoiser calls.
+
+    Returns
+    -------
+    BoundResult
+        The bound and its terms per example in bits/dim (``total_bpd`` [B], ``prior_bpd`` [B],
+        ``terms_bpd`` [B, T], ``x0_mse`` [B, T]), of ``x_start``'s backend and dtype.
     """
     settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
     xp, _, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
@@ -149,7 +196,17 @@ def variational_bound(
 
 
 class MonteCarloBound(NamedTuple):
-    """An unbiased estimate of the bound per example (bits/dim) and its standard error."""
+    """An unbiased estimate of the bound per example (bits/dim) and its standard error.
+
+    Attributes
+    ----------
+    estimate_bpd : array [B]
+        The estimate per example, in bits/dim.
+    stderr_bpd : array [B]
+        Its standard error over the draws.
+    num_draws : int
+        The number of timesteps drawn per example.
+    """
 
     estimate_bpd: Array
     stderr_bpd: Array
@@ -177,6 +234,44 @@ def variational_bound_mc(
     ``timestep_probs`` (length T, positive, summing to 1) gives importance sampling; None is the
     uniform p(t) = 1/T. Each draw picks t by inverse CDF from a counter-based uniform and x_t from
     counter-based noise, so the estimate depends only on (seed, sample index).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule (respaced or not).
+    denoiser : callable
+        ``denoiser(x_t, t) -> model_output`` on arrays of ``x_start``'s backend: x_t [B, C, ...],
+        t int64 [B] in the model's own schedule, output [B, C, ...] (or [B, 2C, ...] for a
+        learned variance) of x_t's dtype.
+    x_start : array [B, C, ...]
+        Data x_0, real floating; within ``data_range`` for the discretized decoder.
+    num_draws : int
+        Timesteps drawn per example (at least 2, for a standard error).
+    timestep_probs : float array [T], optional
+        p(t) for importance sampling; positive and summing to 1. None draws t uniformly.
+    prediction : Prediction or str
+        What the denoiser's mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"``.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the reverse mean.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+    seed : int
+        Seed of the counter-based noise (a non-negative 64-bit integer).
+    sample_indices : integer array [B], optional
+        Each example's global index in the noise stream (default 0 … B-1), so that an example's
+        result does not depend on the batch it is in.
+
+    Returns
+    -------
+    MonteCarloBound
+        ``estimate_bpd`` [B] and ``stderr_bpd`` [B] in bits/dim, of ``x_start``'s backend and
+        dtype, and ``num_draws``.
     """
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws must be an int >= 2 (for a standard error), got {num_draws!r}")
@@ -202,7 +297,7 @@ def variational_bound_mc(
         # Steps 2k and 2k+1 of the counter stream: the timestep draw, then the noise.
         # a contiguous copy of the column: torch's searchsorted warns on strided input
         u = xp.astype(uniform_open(seed, idx, 2 * k, 1, xp, dev)[:, 0], xp.float64, copy=True)
-        t = xp.minimum(xp.searchsorted(cdf_x, u), T - 1)
+        t = xp.clip(xp.searchsorted(cdf_x, u), None, T - 1)
         t = xp.astype(t, xp.int64)
         nats = term(t, 2 * k + 1).nats
         w = xp.astype(xp.take(probs_x, t, axis=0), nats.dtype)

@@ -140,7 +140,7 @@ def evaluate(
         The images are scikit-learn's digits: sample quality in the digits classifier's features
         (Fréchet distance with floor and ceiling, confidence, coverage) besides memorisation.
     full, num_draws, batch_size, seed, progress
-        As :func:`refdiff.evaluation.bits_per_dim`.
+        As :func:`refdiff.evaluation.bound_parts`.
     mc_timesteps : {"importance", "uniform"}
         Timesteps of the Monte-Carlo estimate: importance-sampled from a pilot run of the full
         bound on training images (far less noise) or uniform.
@@ -150,6 +150,8 @@ def evaluate(
         of it.
     gather : callable, optional
         Concatenates a NumPy array over the processes in rank order (needed with ``shard``).
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default ``denoiser.xp`` or NumPy.
 
     Returns
     -------

@@ -47,29 +47,8 @@ def bits_per_dim(
     images_uint8 : numpy.ndarray
         ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
     **options
-        Keyword arguments of :func:`bound_parts`, as follows.
-    full : bool
-        Compute the full bound (all T terms per image: T denoiser calls per batch).
-    num_draws : int
-        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
-    batch_size : int
-        Images per denoiser call.
-    seed : int
-        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
-        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
-    progress : bool
-        Show a tqdm progress bar (on stderr).
-    timestep_probs : array_like [T], optional
-        Importance distribution of the Monte-Carlo estimate's timesteps (positive, summing to 1;
-        see :func:`importance_timestep_probs`); default uniform. Either way it is unbiased.
-    indices : array_like of int [N], optional
-        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
-        A process evaluating a shard of a larger set passes its images' indices.
-    dtype : floating dtype
-        The dtype of the data given to the bound (float32, as the models are trained).
-    xp, device : optional
-        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
-        denoiser has one (the ONNX runtime does), else NumPy.
+        The keyword arguments of :func:`bound_parts`: ``full``, ``num_draws``, ``batch_size``,
+        ``seed``, ``progress``, ``timestep_probs``, ``indices``, ``dtype``, ``xp``, ``device``.
 
     Returns
     -------
@@ -87,13 +66,32 @@ def bits_per_dim(
 
 @dataclass
 class BoundParts:
-    """The bound's pieces per image (float64 NumPy), before they are averaged: the global
-    ``indices`` of the images [N], the full bound ``total`` [N] and ``prior`` [N] with the
-    per-timestep ``terms`` and ``mse`` [N, T] (None without the full pass), the Monte-Carlo
-    ``mc_estimate`` [N] and its variance ``mc_var`` [N] (None without draws). Shards of one
+    """The bound's pieces per image (float64 NumPy), before they are averaged. Shards of one
     evaluation are joined with :meth:`join` (in one run of processes) or :meth:`concat` (from
     files); every average is then taken over the joined per-image arrays in image order, so the
-    figures of any split equal those of one process bit for bit."""
+    figures of any split equal those of one process bit for bit.
+
+    Attributes
+    ----------
+    T : int
+        The number of steps of the model's schedule.
+    seed : int
+        The seed of the bound's noise.
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (0: not computed).
+    mc_timesteps : str
+        ``"uniform"`` or ``"importance"``: how the estimate drew its timesteps.
+    indices : int64 array [N] or None
+        The global indices of the images.
+    total, prior : float64 array [N] or None
+        The full bound per image and its prior term L_T, in bits/dim.
+    terms, mse : float64 array [N, T] or None
+        Each image's L_t and x̂_0 error per timestep (None without the full pass).
+    mc_estimate, mc_var : float64 array [N] or None
+        The Monte-Carlo estimate per image and its variance.
+    seconds_full, seconds_mc : float or None
+        How long each part took.
+    """
 
     T: int
     seed: int
@@ -199,7 +197,45 @@ def bound_parts(
     xp: Any = None,
     device: Any = None,
 ) -> BoundParts:
-    """The per-image pieces of :func:`bits_per_dim` (same arguments), not yet averaged."""
+    """The per-image pieces of :func:`bits_per_dim`, not yet averaged.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``, with ``t`` the timestep indices
+        of the model's own schedule (``diffusion.schedule``).
+    diffusion : Diffusion
+        The model's settings: schedule, prediction, variance, decoder, clipping, image shape.
+    images_uint8 : numpy.ndarray
+        ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
+    full : bool
+        Compute the full bound (all T terms per image: T denoiser calls per batch).
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
+    batch_size : int
+        Images per denoiser call.
+    seed : int
+        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
+        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
+    progress : bool
+        Show a tqdm progress bar (on stderr).
+    timestep_probs : array_like [T], optional
+        Importance distribution of the Monte-Carlo estimate's timesteps (positive, summing to 1;
+        see :func:`importance_timestep_probs`); default uniform. Either way it is unbiased.
+    indices : array_like of int [N], optional
+        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
+        A process evaluating a shard of a larger set passes its images' indices.
+    dtype : floating dtype
+        The dtype of the data given to the bound (float32, as the models are trained).
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
+        denoiser has one (the ONNX runtime does), else NumPy.
+
+    Returns
+    -------
+    BoundParts
+        The per-image bound, its per-timestep sums and the Monte-Carlo estimate (float64 NumPy).
+    """
     images = check_uint8_images(images_uint8, "images")
     shape = tuple(diffusion.image_shape)
     if tuple(images.shape[1:]) != shape:
@@ -308,6 +344,23 @@ def importance_timestep_probs(
     should not be the images evaluated (training images, say), so that p stays independent of
     them and the estimate unbiased; a ``uniform_share`` of uniform probability is mixed in so that
     no timestep is starved. Costs T denoiser calls on the pilot batch.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``.
+    diffusion : Diffusion
+        The model's settings.
+    pilot_uint8 : numpy.ndarray
+        ``uint8 [P, C, H, W]`` pilot images (not the ones to be evaluated).
+    uniform_share : float
+        The share of uniform probability mixed in, in (0, 1].
+    seed : int
+        Seed of the pilot's bound noise.
+    dtype : floating dtype
+        The dtype of the data given to the bound.
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default ``denoiser.xp`` or NumPy.
 
     Returns
     -------
