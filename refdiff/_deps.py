@@ -9,6 +9,7 @@ extra          brings                                           for
 ``data``       Pillow, scikit-learn                             dataset readers, PNG grids
 ``onnx``       onnxruntime, Pillow, tqdm                        torch-free sampling (CPU)
 ``cuda12/13``  CuPy, onnxruntime-gpu, Pillow, tqdm              torch-free sampling (GPU)
+``openvino``   OpenVINO, the ``onnx`` extra                      bfloat16 files on CPUs
 ``eval``       the ``data`` extra, matplotlib, tqdm             ``refdiff eval``, plots
 ``torch``      PyTorch, safetensors, onnx, the ``eval`` extra   training, export, the demo
 ``diffusers``  diffusers (with the ``torch`` extra)             diffusers models in

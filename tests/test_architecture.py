@@ -22,7 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("reverse", "losses"),
     ("bound", "samplers", "sampler_loop", "solvers", "oracle", "fused"),
     ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
-    ("onnx_contract", "runs"),
+    ("onnx_contract", "precision", "runs"),
     ("runtime", "evaluation", "nn"),
     ("training", "export"),
     ("commands", "cli", "__init__"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import check_output_file
+from . import precision
 from ._argtypes import non_negative_float, positive_int_list
 
 __all__ = ["add_parser", "run_check", "run_export"]
@@ -78,6 +79,7 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument(
         "--no-ema", action="store_true", help="export the raw weights instead of the EMA weights"
     )
+    precision.add_export_arguments(e)
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
     e.set_defaults(func=run_export)
@@ -97,8 +99,9 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("model", help="the .onnx file")
     c.add_argument(
         "checkpoint",
+        nargs="?",
         help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
-        "pipeline or UNet folder",
+        "pipeline or UNet folder; without it (and without --against), print what the file is",
     )
     c.add_argument(
         "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
@@ -112,7 +115,8 @@ def add_parser(subparsers: Any) -> None:
     )
     c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance")
     c.add_argument("--rtol", type=non_negative_float, default=None, help="relative tolerance")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
+    precision.add_check_arguments(c)
     c.set_defaults(func=run_check)
 
 
@@ -147,14 +151,22 @@ def run_export(args: argparse.Namespace) -> int:
     from ..export import ParityError, export_onnx, verify_onnx
 
     out = check_output_file(args.out, what="--out file")  # before the (long) export
+    if args.fp16 and args.precision not in (None, "float16"):
+        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
+    args.precision = "float16" if args.fp16 else (args.precision or "float32")
+    if args.precision in precision.VARIANTS and args.checkpoint.endswith(".onnx"):
+        return precision.variant_from_file(args, out)
     model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
+    if args.precision in precision.VARIANTS:
+        return precision.export_variant(args, model, diffusion, out)
     weights = "raw" if args.no_ema else "EMA"
     if is_diffusers_folder(args.checkpoint):
         weights = "diffusers UNet2DModel"
     print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
-    export_onnx(model, diffusion, out, opset=args.opset, fp16=args.fp16)
+    fp16 = args.precision == "float16"
+    export_onnx(model, diffusion, out, opset=args.opset, fp16=fp16)
     size = out.stat().st_size / 2**20
-    dtype = "float16" if args.fp16 else "float32"
+    dtype = args.precision
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
     if args.no_verify:
         return 0
@@ -177,6 +189,11 @@ def run_check(args: argparse.Namespace) -> int:
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
+    if args.against is not None:
+        return precision.run_drift(args)
+    if args.checkpoint is None:
+        print(precision.describe_file(model_path))
+        return 0
     model, _ = _load_model(args.checkpoint, ema=not args.no_ema)
     try:
         report = verify_onnx(

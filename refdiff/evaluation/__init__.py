@@ -6,6 +6,7 @@
 - :mod:`.quality`: Fréchet distance, classifier confidence and coverage, memorisation;
 - :mod:`.classifier`: the small digits classifier whose features the Fréchet distance uses;
 - :mod:`.toys`: exact checks on Gaussian-mixture toys;
+- :mod:`.drift`: the drift harness, a reduced-precision variant against float32 step by step;
 - :mod:`.cli`: the ``refdiff eval`` command (which imports torch only for a PyTorch checkpoint).
 
 NumPy and SciPy only: no torch. See docs/evaluation.md.
@@ -14,6 +15,7 @@ NumPy and SciPy only: no torch. See docs/evaluation.md.
 from __future__ import annotations
 
 from .classifier import DigitsClassifier, digits_classifier, train_digits_classifier
+from .drift import DriftReport, measure_drift
 from .evaluate import evaluate
 from .likelihood import BoundParts, bits_per_dim, bound_parts, importance_timestep_probs
 from .quality import (
@@ -28,6 +30,7 @@ from .toys import toy_bound_gap, toy_mixture_report
 __all__ = [
     "BoundParts",
     "DigitsClassifier",
+    "DriftReport",
     "bits_per_dim",
     "bound_parts",
     "digits_classifier",
@@ -36,6 +39,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_gaussians",
     "importance_timestep_probs",
+    "measure_drift",
     "memorisation_report",
     "nearest_neighbour_distances",
     "toy_bound_gap",

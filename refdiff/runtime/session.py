@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx_contract import METADATA_KEY, OUTPUT_NAME, ModelMetadata, check_graph, check_onnx_file
+from ..precision import ENGINES
 from ..settings import Diffusion
 from .devices import DeviceUnavailableError, import_cupy, import_onnxruntime, parse_device
 
@@ -140,6 +141,18 @@ class OnnxDenoiser:
             self.metadata, self.session.get_inputs(), self.session.get_outputs(), source=source
         )
         self.diffusion: Diffusion = self.metadata.diffusion
+        self.precision: str = self.metadata.precision_name
+        self._engine = None  # a bfloat16 file runs in OpenVINO (refdiff.precision)
+        if ENGINES[self.precision] == "openvino":
+            if kind == "cuda":
+                raise DeviceUnavailableError(
+                    f"{str(self.path)!r} is a bfloat16 file, which runs on the CPU (OpenVINO); "
+                    "on a GPU use the float32 or float16 file"
+                )
+            from .openvino import OpenVinoEngine
+
+            threads = getattr(session_options, "intra_op_num_threads", 0) or None
+            self._engine = OpenVinoEngine(self.path, threads=threads)
         self.image_shape: tuple[int, int, int] = self.diffusion.image_shape
         self.out_channels: int = self.diffusion.out_channels
         if kind == "cuda":
@@ -152,7 +165,7 @@ class OnnxDenoiser:
     def __repr__(self) -> str:
         return (
             f"OnnxDenoiser({str(self.path)!r}, device={self.device!r}, "
-            f"dtype={self.metadata.dtype!r}, T={self.diffusion.num_timesteps})"
+            f"precision={self.precision!r}, T={self.diffusion.num_timesteps})"
         )
 
     def _check_call(self, x: Any, t: Any) -> int:
@@ -183,7 +196,10 @@ class OnnxDenoiser:
             "x": np.ascontiguousarray(x, dtype=np.float32),
             "t": np.ascontiguousarray(t, dtype=np.int64),
         }
-        (out,) = self.session.run([OUTPUT_NAME], feed)
+        if self._engine is not None:
+            (out,) = self._engine.run(feed["x"], feed["t"])
+        else:
+            (out,) = self.session.run([OUTPUT_NAME], feed)
         return out if out.dtype == x.dtype else out.astype(x.dtype)
 
     def _run_bound(
