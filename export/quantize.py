@@ -52,7 +52,7 @@ GRAPH_PARTS = (
     "attention products",
 )
 #: What the int8 variant keeps in float32 by default (docs/precision.md: the measurements).
-DEFAULT_FLOAT32_PARTS = ("input convolution", "output convolution", "timestep embedding")
+DEFAULT_FLOAT32_PARTS = ("input convolution", "output convolution")
 #: Operators that compute in int8 in the int8 variant.
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 #: Always float32 in the int8 variant (never quantized), for the record.
@@ -298,8 +298,8 @@ def write_variant(
     meta = _read_metadata(proto, f"ONNX model {str(source)!r}")
     if meta.precision_name != "float32":
         raise ValueError(
-            f"{str(source)!r} is a {meta.precision_name} file; variants are made from the float32 "
-            "export (refdiff export without --precision)"
+            f"{str(source)!r} is a {meta.precision_name} file, not float32; variants are made "
+            "from the float32 export (refdiff export without --precision)"
         )
     if precision == "int8":
         keep = DEFAULT_FLOAT32_PARTS if float32 is None else tuple(float32)

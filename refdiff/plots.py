@@ -389,7 +389,10 @@ def plot_quality_vs_calls(
 
 
 def plot_drift(
-    reports: Sequence[tuple[str, Any]] | Any, path: str | os.PathLike[str], *, title: str | None = None
+    reports: Sequence[tuple[str, Any]] | Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
 ) -> Path:
     """The drift of reduced-precision variants against float32, per sampler step and per t.
 
@@ -416,10 +419,24 @@ def plot_drift(
     for k, (label, r) in enumerate(pairs):
         color = f"C{k}"
         t = [s.t for s in r.steps]
-        ax.plot(t, [s.denoiser_rel for s in r.steps], "o-", color=color, lw=1.5, ms=4,
-                label=f"{label}: denoiser rel. error")
-        ax.plot(t, [s.trajectory_rms for s in r.steps], "s--", color=color, lw=1.2, ms=3,
-                label=f"{label}: trajectory RMS")
+        ax.plot(
+            t,
+            [s.denoiser_rel for s in r.steps],
+            "o-",
+            color=color,
+            lw=1.5,
+            ms=4,
+            label=f"{label}: denoiser rel. error",
+        )
+        ax.plot(
+            t,
+            [s.trajectory_rms for s in r.steps],
+            "s--",
+            color=color,
+            lw=1.2,
+            ms=3,
+            label=f"{label}: trajectory RMS",
+        )
     ax.set_yscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("timestep of the sampler step (sampling runs left to right)")
@@ -432,11 +449,20 @@ def plot_drift(
             if r.bpd is None:
                 continue
             terms = np.asarray(r.bpd["terms_difference"], dtype=np.float64)
-            ax_b.plot(np.arange(terms.size), terms, "-", color=f"C{k}", lw=1.2,
-                      label=f"{label}: {r.bpd['difference']:+.4f} bits/dim in all")
+            ax_b.plot(
+                np.arange(terms.size),
+                terms,
+                "-",
+                color=f"C{k}",
+                lw=1.2,
+                label=f"{label}: {r.bpd['difference']:+.4f} bits/dim in all",
+            )
         ax_b.axhline(0.0, color="0.3", lw=0.8)
         ax_b.set_yscale("symlog", linthresh=1e-4)
         ax_b.set_xscale("symlog", linthresh=1.0)
+        ax_b.set_xlim(0, terms.size - 1)
+        if all(r.bpd is None or min(r.bpd["terms_difference"]) >= 0 for _, r in pairs):
+            ax_b.set_ylim(bottom=0)
         ax_b.set_xlabel(_time_label(len(terms)))
         ax_b.set_ylabel("bits/dim term: variant - float32")
         ax_b.grid(True, which="both", alpha=0.3)

@@ -209,7 +209,7 @@ def test_write_variant_refuses_bad_requests(tiny_onnx, tmp_path, tmp_path_factor
     with pytest.raises(ValueError, match="unknown graph parts"):
         write_variant(tiny_onnx, tmp_path / "v.onnx", "int8", float32=["decoder"])
     fp16 = shared_export(tmp_path_factory, fp16=True)
-    with pytest.raises(ValueError, match="is a float16 file"):
+    with pytest.raises(ValueError, match="is a float16 file, not float32"):
         write_variant(fp16, tmp_path / "v.onnx", "int8")
     with pytest.raises(FileNotFoundError):
         write_variant(tmp_path / "missing.onnx", tmp_path / "v.onnx", "int8")

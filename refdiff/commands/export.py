@@ -154,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.fp16 and args.precision not in (None, "float16"):
         raise ValueError(f"--fp16 contradicts --precision {args.precision}")
     args.precision = "float16" if args.fp16 else (args.precision or "float32")
-    if args.precision in precision.VARIANTS and args.checkpoint.endswith(".onnx"):
+    if args.checkpoint.endswith(".onnx"):
         return precision.variant_from_file(args, out)
     model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
     if args.precision in precision.VARIANTS:

@@ -70,7 +70,7 @@ def add_export_arguments(e: Any) -> None:
         default=None,
         metavar="PARTS",
         help="int8: graph parts kept in float32, comma-separated, or 'none' (default: input "
-        "convolution,output convolution,timestep embedding)",
+        "convolution,output convolution; also: timestep embedding, attention products)",
     )
 
 
@@ -136,6 +136,12 @@ def variant_from_file(args: argparse.Namespace, out: Path, source: Path | None =
     ``refdiff export FLOAT32.onnx --precision int8``), then check it against that file."""
     from ..export.quantize import check_variant, write_variant
 
+    if args.precision not in VARIANTS:
+        raise ValueError(
+            f"an ONNX file ({args.checkpoint!r}) can be made into an int8 or bfloat16 variant "
+            f"(--precision int8 or bfloat16); a {args.precision} file is exported from the "
+            "checkpoint"
+        )
     source = Path(args.checkpoint) if source is None else source
     print(f"writing the {args.precision} variant to {out} ...", flush=True)
     write_variant(

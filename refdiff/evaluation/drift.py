@@ -141,17 +141,11 @@ class DriftReport:
         if self.layers:
             lines.append(
                 f"per layer ({len(self.layers)} convolutions and matrix products, graph order): "
-                "where the relative error grows most"
+                "the largest relative errors of a layer's output"
             )
-            prev = [0.0] + [la.rel for la in self.layers[:-1]]
-            jumps = sorted(
-                zip(self.layers, prev, strict=True), key=lambda p: p[0].rel - p[1], reverse=True
-            )
-            for la, before in jumps[:8]:
-                lines.append(
-                    f"  #{la.index:<3} {la.op:<6} {la.name:<28} rel {la.rel:.2e} "
-                    f"(+{la.rel - before:.2e})"
-                )
+            worst = sorted(self.layers, key=lambda la: la.rel, reverse=True)[:8]
+            for la in sorted(worst, key=lambda la: la.index):
+                lines.append(f"  #{la.index:<3} {la.op:<6} {la.name:<28} rel {la.rel:.2e}")
             last = self.layers[-1]
             lines.append(f"  output layer #{last.index} {last.name}: rel {last.rel:.2e}")
         lines.extend(f"note: {n}" for n in self.notes)

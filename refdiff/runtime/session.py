@@ -9,6 +9,10 @@ PyTorch model: ``denoiser(x, t) -> model_output``.
 - ``device="cuda"`` (or ``"cuda:N"``): CuPy arrays in and out, the CUDAExecutionProvider through
   IO binding on the arrays' device pointers, so no sampling step copies through the host.
 
+A file's precision (:mod:`refdiff.precision`, docs/precision.md) picks its engine: float32,
+float16 and int8 files run in onnxruntime; a bfloat16 file runs on the CPU in OpenVINO
+(:mod:`.openvino`, the ``openvino`` extra), with the same calls.
+
 Nothing here imports torch; onnxruntime (and CuPy, for CUDA) are imported when a denoiser is
 opened, so importing this module is cheap.
 """
@@ -62,6 +66,8 @@ class OnnxDenoiser:
         ``array_api_compat.cupy``), for the samplers.
     providers : list of str
         The providers the session actually uses.
+    precision : str
+        ``float32``, ``float16``, ``int8`` or ``bfloat16`` (the metadata's precision).
 
     Raises
     ------
