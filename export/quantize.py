@@ -253,6 +253,7 @@ def write_variant(
     calibration_steps: int = 50,
     calibration_sampler: str = "ddpm",
     seed: int = 0,
+    source_name: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the ``precision`` variant (``"int8"`` or ``"bfloat16"``) of the float32 file ``source``.
@@ -270,6 +271,9 @@ def write_variant(
     calibration_images, calibration_steps, calibration_sampler, seed
         For int8: the trajectories of :func:`trajectory_inputs` that calibrate the activation
         ranges (``calibration_images`` images each, ``calibration_steps`` calls).
+    source_name : str, optional
+        What the metadata names as the variant's source (default: the file name of ``source``;
+        ``refdiff export CHECKPOINT`` names the checkpoint).
     progress : callable, optional
         Called with a line of text before each long stage.
 
@@ -336,13 +340,15 @@ def write_variant(
                 "seed": seed,
                 "method": "minmax, uint8 activations, int8 weights per channel",
             },
-            source=source.name,
+            source=source_name or source.name,
         )
     else:
         from refdiff.runtime.openvino import float32_layers
 
         out = proto
-        info = Precision("bfloat16", float32=float32_layers(source), source=source.name)
+        info = Precision(
+            "bfloat16", float32=float32_layers(source), source=source_name or source.name
+        )
     _set_metadata(out, _with_precision(meta, info))
     make_dir(path.parent)
     with atomic_path(path, suffix=".onnx") as tmp:

@@ -128,10 +128,15 @@ def export_variant(args: argparse.Namespace, model: Any, diffusion: Any, out: Pa
         fp32 = Path(tmp) / "float32.onnx"
         print(f"exporting {args.checkpoint} to float32 first ...", flush=True)
         export_onnx(model, diffusion, fp32, opset=args.opset)
-        return variant_from_file(args, out, source=fp32)
+        return variant_from_file(args, out, source=fp32, source_name=str(args.checkpoint))
 
 
-def variant_from_file(args: argparse.Namespace, out: Path, source: Path | None = None) -> int:
+def variant_from_file(
+    args: argparse.Namespace,
+    out: Path,
+    source: Path | None = None,
+    source_name: str | None = None,
+) -> int:
     """Write the ``args.precision`` variant of a float32 file (``args.checkpoint`` by default:
     ``refdiff export FLOAT32.onnx --precision int8``), then check it against that file."""
     from ..export.quantize import check_variant, write_variant
@@ -151,6 +156,7 @@ def variant_from_file(args: argparse.Namespace, out: Path, source: Path | None =
         float32=args.float32,
         calibration_images=args.calibration_images,
         calibration_steps=args.calibration_steps,
+        source_name=source_name,
         progress=lambda line: print(line, flush=True),
     )
     print(describe_file(out))
