@@ -22,31 +22,32 @@ import json
 import time
 from pathlib import Path
 
+import refdiff as rd
 from refdiff.data.digits import load_digits
 from refdiff.evaluation.steps import calls_to_match, quality_table, quality_vs_steps
 from refdiff.plots import plot_quality_vs_calls
 from refdiff.runtime import OnnxDenoiser
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "heun")
+SAMPLERS = tuple(rd.SAMPLERS)  # every registered sampler
 CALLS = (3, 5, 7, 10, 15, 20, 30, 50)
 REFERENCE = ("ddpm", 200)  # DDPM over all of the digits model's T = 200 steps
 ODE_LIMIT = ("ddim", 200)  # where every deterministic sampler converges: the probability-flow ODE
-#: even steps for all but 3M, whose third-order extrapolation wants the even log-SNR steps: on the
-#: even spacing of a T = 200 linear schedule its last step is 3.5 times its history's span
-#: (docs/samplers.md has both sweeps)
-SPACING = ("even", "dpmpp_3m=logsnr")
 
 
 def spacing_of(tokens: list[str], samplers: list[str]) -> dict[str, str]:
-    """``["even", "dpmpp_3m=logsnr"]`` -> the spacing of each sampler."""
-    default, per = "even", {}
+    """``["even", "dpmpp_3m=logsnr"]`` -> the spacing of each sampler; a sampler no token names
+    runs on its registry entry's spacing (logsnr for dpmpp_3m, whose third-order extrapolation
+    breaks down on even steps: docs/samplers.md)."""
+    default, per = None, {}
     for token in tokens:
         name, sep, value = token.partition("=")
         if sep:
             per[name] = value
         else:
             default = token
-    return {name: per.get(name, default) for name in samplers}
+    return {
+        name: per.get(name, default or rd.SAMPLERS[name].spacing.value) for name in samplers
+    }
 
 
 def main() -> None:
@@ -61,9 +62,9 @@ def main() -> None:
     p.add_argument(
         "--spacing",
         nargs="+",
-        default=list(SPACING),
+        default=[],
         help="even, logsnr or karras for every sampler, and/or SAMPLER=SPACING for one\n"
-        f"(default: {' '.join(SPACING)})",
+        "(default: each sampler's own, from the registry: logsnr for dpmpp_3m, even for the others)",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from refdiff._checks import check_int
 from refdiff._io import atomic_path, check_output_file, make_dir
 from refdiff._version import __version__
 from refdiff.onnx_contract import (
@@ -222,8 +223,7 @@ def export_onnx(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(diffusion, Diffusion):
         raise TypeError(f"diffusion must be a Diffusion, got {type(diffusion).__name__}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    opset = check_int(opset, "opset", minimum=MIN_OPSET)
     floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if floating - {torch.float32}:
         raise TypeError(

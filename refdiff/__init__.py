@@ -36,6 +36,7 @@ from .losses import (
 )
 from .noise import standard_normal
 from .oracle import TOY_MIXTURES, GaussianMixture, toy_mixture
+from .plans import Plan, run_plan
 from .reverse import (
     PMeanVariance,
     Prediction,
@@ -47,7 +48,21 @@ from .reverse import (
     x0_from_eps,
     x0_from_v,
 )
-from .samplers import SAMPLERS, ddim_sample, ddpm_sample, sample
+from .sampler_registry import Option, SamplerChoice, SamplerSpec
+from .samplers import (
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
+    dpmpp_3m_sample,
+    euler_sample,
+    get_sampler,
+    heun_sample,
+    network_calls,
+    sample,
+)
 from .schedules import (
     SCHEDULES,
     Schedule,
@@ -58,16 +73,9 @@ from .schedules import (
     space_timesteps,
 )
 from .settings import Diffusion
-from .solvers import (
-    dpmpp_2m_sample,
-    dpmpp_2m_sde_sample,
-    dpmpp_3m_sample,
-    euler_sample,
-    heun_sample,
-    network_calls,
-)
 
 __all__ = [
+    "DEFAULT_SAMPLER",
     "SAMPLERS",
     "SCHEDULES",
     "TOY_MIXTURES",
@@ -79,8 +87,12 @@ __all__ = [
     "LossTerms",
     "LossType",
     "MonteCarloBound",
+    "Option",
     "PMeanVariance",
+    "Plan",
     "Prediction",
+    "SamplerChoice",
+    "SamplerSpec",
     "Schedule",
     "Spacing",
     "Timesteps",
@@ -96,6 +108,7 @@ __all__ = [
     "eps_from_v",
     "eps_from_x0",
     "euler_sample",
+    "get_sampler",
     "get_schedule",
     "heun_sample",
     "make_betas",
@@ -111,6 +124,7 @@ __all__ = [
     "q_step_mean_variance",
     "q_step_sample",
     "rescale_zero_terminal_snr",
+    "run_plan",
     "sample",
     "select_timesteps",
     "space_timesteps",

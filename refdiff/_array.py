@@ -22,9 +22,12 @@ from array_api_compat import (
     is_torch_namespace,
 )
 
+from ._checks import check_int
+
 __all__ = [
     "Timesteps",
     "as_batch_timesteps",
+    "as_namespace",
     "check_same_device",
     "gather",
     "get_namespace",
@@ -36,6 +39,40 @@ __all__ = [
 ]
 
 Array = Any
+
+
+#: The array_api_compat wrapper of each library whose plain module a user may pass as ``xp=``.
+_COMPAT = {
+    "numpy": "array_api_compat.numpy",
+    "torch": "array_api_compat.torch",
+    "cupy": "array_api_compat.cupy",
+    "dask.array": "array_api_compat.dask.array",
+}
+
+
+def as_namespace(xp: Any) -> Any:
+    """The array namespace the core works with, for an ``xp=`` as a user gives it.
+
+    ``None`` stays ``None``. The plain ``numpy``, ``torch`` or ``cupy`` module becomes its
+    ``array_api_compat`` wrapper (``xp=np`` and ``xp=array_api_compat.numpy`` mean the same and
+    give the same arrays); a wrapper, ``array_api_strict`` or any other module that makes arrays
+    with ``asarray`` is taken as the namespace of its arrays. Anything else is a ``TypeError``.
+    """
+    if xp is None:
+        return None
+    name = getattr(xp, "__name__", None)
+    if not isinstance(name, str) or not callable(getattr(xp, "asarray", None)):
+        raise TypeError(
+            "xp must be an array namespace (numpy, torch, cupy, array_api_strict or an "
+            f"array_api_compat module), got {type(xp).__name__} {xp!r}"
+        )
+    if name in _COMPAT:
+        import importlib
+
+        return importlib.import_module(_COMPAT[name])
+    if name.startswith("array_api_compat.") or name == "array_api_strict":
+        return xp
+    return array_namespace(xp.asarray(0))
 
 
 def get_namespace(*arrays: Array) -> Any:
@@ -156,15 +193,11 @@ class Timesteps:
 
 
 def _check_num_timesteps(T: Any) -> int:
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"num_timesteps must be an int >= 1, got {T!r}")
-    return int(T)
+    return check_int(T, "num_timesteps", minimum=1)
 
 
 def _check_int_timestep(t: Any, num_timesteps: int) -> int:
-    if isinstance(t, bool):
-        raise TypeError(f"timestep must be an integer index, got {t!r}")
-    t = int(t)
+    t = check_int(t, "timestep")
     if not 0 <= t < num_timesteps:
         raise ValueError(f"timestep {t} is out of range [0, {num_timesteps - 1}]")
     return t

@@ -7,8 +7,9 @@ with an extra, and a missing one is an ``ImportError`` that says which:
 extra          brings                                           for
 =============  ===============================================  =========================
 ``data``       Pillow, scikit-learn                             dataset readers, PNG grids
-``onnx``       onnxruntime, Pillow, tqdm                        torch-free sampling (CPU)
-``cuda12/13``  CuPy, onnxruntime-gpu, Pillow, tqdm              torch-free sampling (GPU)
+``onnx``       onnxruntime, onnx, Pillow, tqdm                  torch-free sampling (CPU),
+                                                                generator graphs
+``cuda12/13``  CuPy, onnxruntime-gpu, onnx, Pillow, tqdm        torch-free sampling (GPU)
 ``openvino``   OpenVINO, the ``onnx`` extra                      bfloat16 files on CPUs
 ``eval``       the ``data`` extra, matplotlib, tqdm             ``refdiff eval``, plots
 ``torch``      PyTorch, safetensors, onnx, the ``eval`` extra   training, export, the demo

@@ -10,7 +10,20 @@ from __future__ import annotations
 import enum
 from typing import Any, TypeVar
 
-__all__ = ["Choice", "Decoder", "LossType", "Prediction", "Spacing", "Variance"]
+__all__ = [
+    "DEFAULT_CLIP_DENOISED",
+    "Choice",
+    "Decoder",
+    "LossType",
+    "Prediction",
+    "Spacing",
+    "Variance",
+]
+
+#: Whether x̂_0 is clipped to the data range, wherever it is not said: in sampling and in the
+#: bound, as in improved-diffusion (its p_mean_variance, sampling loops and calc_bpd_loop). The
+#: training loss never clips (a clipped x̂_0 has no gradient outside the range).
+DEFAULT_CLIP_DENOISED = True
 
 C = TypeVar("C", bound="Choice")
 

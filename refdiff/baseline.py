@@ -19,6 +19,7 @@ from typing import Any
 import array_api_compat.numpy as npx
 import numpy as np
 
+from ._checks import check_int
 from .data import check_uint8_images
 from .losses import discretized_gaussian_log_likelihood
 from .noise import standard_normal
@@ -117,9 +118,8 @@ class IndependentPixelModel:
         counter-based :func:`refdiff.standard_normal`.
         """
         mean, std = self._fitted()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
-        z = standard_normal(seed, np.arange(int(n), dtype=np.int64), 0, mean.shape, xp=npx)
+        n = check_int(n, "n", minimum=0)
+        z = standard_normal(seed, np.arange(n, dtype=np.int64), 0, mean.shape, xp=npx)
         v = np.clip(mean + std * np.asarray(z), -1.0, 1.0)
         return np.rint((v + 1.0) * 127.5).astype(np.uint8)
 

@@ -16,11 +16,11 @@ import numpy as np
 
 from . import _formulas as f
 from ._array import Array, device, get_namespace, table_on
-from ._enums import Decoder, Prediction, Variance
+from ._enums import DEFAULT_CLIP_DENOISED, Decoder, Prediction, Variance
 from ._formulas import LN2
 from .losses import check_data_range, check_num_bins, prior_kl
 from .noise import check_seed, standard_normal, uniform_open
-from .reverse import check_denoiser_output
+from .reverse import check_denoiser_output, check_zero_terminal_snr
 
 __all__ = [
     "BoundResult",
@@ -84,11 +84,7 @@ def _prepare(schedule, denoiser, x, settings, seed, sample_indices):
     decoder = Decoder.parse(decoder)
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable (x_t, t) -> output, got {denoiser!r}")
-    if schedule.zero_terminal_snr and prediction is Prediction.EPSILON:
-        raise ValueError(
-            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
-            "(ᾱ_T = 0); the bound needs prediction 'v' or 'x0' with zero terminal SNR"
-        )
+    check_zero_terminal_snr(schedule.zero_terminal_snr, prediction)
     data_range = check_data_range(data_range)
     num_bins = check_num_bins(num_bins)
     check_seed(seed)
@@ -122,7 +118,7 @@ def variational_bound(
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
-    clip_denoised: bool = False,
+    clip_denoised: bool = DEFAULT_CLIP_DENOISED,
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_bins: int = 256,
     seed: int = 0,
@@ -170,7 +166,7 @@ def variational_bound_mc(
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
-    clip_denoised: bool = False,
+    clip_denoised: bool = DEFAULT_CLIP_DENOISED,
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_bins: int = 256,
     seed: int = 0,

@@ -1,11 +1,15 @@
-"""Fused CUDA kernels for CuPy: counter-based noise and the DDPM update in one pass.
+"""Fused CUDA kernels for CuPy: one sampler step of any plan, with its noise, in one pass.
 
-The generic array-API path of an ancestral step reads and writes the batch about ten times
-(x̂_0, its clip, the posterior mean, the noise draw through Philox in int64 arithmetic, the final
-sum). Here one kernel reads x_t and ε̂ once and writes x_{t-1} once, drawing its Gaussian noise
-inside the kernel from the same Philox4x32-10 stream as :func:`refdiff.noise.standard_normal`
-(same key, same counters, same Box–Muller pairing), so the fused path equals the generic one and a
-sample still depends only on (seed, sample index, step).
+The generic array-API path of a plan step (:func:`refdiff.plans.run_plan`) reads and writes the
+batch about ten times (x̂_0, its clip, each term of the combination, the noise draw through Philox
+in int64 arithmetic, the final sum). Here one kernel reads x, the model output and the x̂_0
+history once and writes the next x and x̂_0 once, drawing its Gaussian noise inside the kernel
+from the same Philox4x32-10 stream as :func:`refdiff.noise.standard_normal` (same key, same
+counters, same Box–Muller pairing). Its float32 arithmetic follows the generic loop's operation
+by operation (no fused multiply-add: ``--fmad=false``), so the fused path equals the generic one
+and a sample still depends only on (seed, sample index, step). Every plan runs on it: DDPM with
+fixed or learned variances, DDIM, Euler, DPM-Solver++ 2M, 3M and 2M SDE; ``run_plan`` picks it on
+CuPy in float32 with the built-in noise.
 
 The CUDA source is also compiled for the host (``-DRD_HOST``) by the tests, so the kernel's
 arithmetic is checked against the generic NumPy path on machines without a GPU; on a GPU the
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CUDA_SOURCE", "ddpm_step_eps_cuda", "standard_normal_cuda"]
+__all__ = ["CUDA_SOURCE", "plan_step_cuda"]
 
 CUDA_SOURCE = r"""
 typedef unsigned int rd_u32;
@@ -64,28 +68,62 @@ RD_FN void rd_normal4(double z[4], rd_u64 seed, rd_i64 idx, rd_u32 step, rd_i64 
     }
 }
 
-/* One ancestral DDPM step from an epsilon prediction, float32, for quad q of sample b:
-   x0 = r1 x - r2 eps (clipped); mean = c1 x0 + c2 x; out = mean + sigma z. */
-RD_FN void rd_ddpm_quad(const float* x, const float* eps, float* out, const rd_i64* idx,
-                        rd_i64 b, rd_i64 D, rd_u64 seed, rd_u32 step, rd_i64 q,
-                        float r1, float r2, float c1, float c2, float sigma,
-                        float lo, float hi, int clip, int noise) {
+/* The flags of a plan step (set on the host from the plan's row, as the generic loop decides). */
+#define RD_PX 1        /* pred_x != 0: x̂0 = px x + (po out); else x̂0 = po out */
+#define RD_PO 2        /* pred_out != 1: multiply the output by po */
+#define RD_CLIP 4      /* clip x̂0 to [lo, hi] */
+#define RD_CX 8        /* x_coef != 0 */
+#define RD_C0 16       /* the weights of x̂0_k, x̂0_{k-1}, x̂0_{k-2} are non-zero */
+#define RD_C1 32
+#define RD_C2 64
+#define RD_NOISE 128   /* the step draws noise */
+#define RD_LEARNED 256 /* the noise scale is exp(log var / 2) from the output's variance channels */
+#define RD_RANGE 512   /* ... with log var = f vmax + (1 - f) vmin, f = (v + 1) / 2 */
+
+/* c: px, po, lo, hi, cx, c0, c1, c2, cn, vmin, vmax (float32, cast from the plan's float64). */
+RD_FN void rd_plan_quad(const float* x, const float* out, const float* h1, const float* h2,
+                        float* x_new, float* x0_out, const rd_i64* idx, rd_i64 b, rd_i64 D,
+                        rd_i64 Dout, rd_u64 seed, rd_u32 step, rd_i64 q, const float* c, int flags) {
     double z[4] = {0.0, 0.0, 0.0, 0.0};
-    if (noise) rd_normal4(z, seed, idx[b], step, q);
+    if (flags & RD_NOISE) rd_normal4(z, seed, idx[b], step, q);
     for (int w = 0; w < 4; ++w) {
         rd_i64 j = 4 * q + w;
         if (j >= D) break;
         rd_i64 k = b * D + j;
         float xt = x[k];
-        float x0 = r1 * xt;
-        float e = r2 * eps[k];
-        x0 = x0 - e;
-        if (clip) x0 = x0 < lo ? lo : (x0 > hi ? hi : x0);
-        float m1 = c1 * x0;
-        float m2 = c2 * xt;
-        float mean = m1 + m2;
-        if (noise) { float s = sigma * (float)z[w]; mean = mean + s; }
-        out[k] = mean;
+        float o = out[b * Dout + j];
+        float y = (flags & RD_PO) ? o * c[1] : o;
+        float x0 = y;
+        if (flags & RD_PX) { float a = xt * c[0]; x0 = a + y; }
+        if (flags & RD_CLIP) x0 = x0 < c[2] ? c[2] : (x0 > c[3] ? c[3] : x0);
+        int any = 0;
+        float acc = 0.0f;
+        if (flags & RD_CX) { acc = xt * c[4]; any = 1; }
+        if (flags & RD_C0) { float m = x0 * c[5]; acc = any ? acc + m : m; any = 1; }
+        if (flags & RD_C1) { float m = h1[k] * c[6]; acc = any ? acc + m : m; any = 1; }
+        if (flags & RD_C2) { float m = h2[k] * c[7]; acc = any ? acc + m : m; any = 1; }
+        if (!any) acc = xt * 0.0f;
+        if (flags & RD_NOISE) {
+            float zf = (float)z[w];
+            if (flags & RD_LEARNED) {
+                float v = out[b * Dout + D + j];
+                float lv = v;
+                if (flags & RD_RANGE) {
+                    float f = (v + 1.0f) / 2.0f;
+                    float hi = f * c[10];
+                    float lo = (1.0f - f) * c[9];
+                    lv = hi + lo;
+                }
+                float s = expf(0.5f * lv);
+                float n = s * zf;
+                acc = acc + n;
+            } else {
+                float n = c[8] * zf;
+                acc = acc + n;
+            }
+        }
+        x_new[k] = acc;
+        x0_out[k] = x0;
     }
 }
 
@@ -101,14 +139,14 @@ RD_FN void rd_normal_quad(float* out, const rd_i64* idx, rd_i64 b, rd_i64 D, rd_
 }
 
 #ifdef RD_HOST
-RD_KERNEL void rd_ddpm_step_f32(const float* x, const float* eps, float* out, const rd_i64* idx,
-                      rd_i64 B, rd_i64 D, rd_u64 seed, rd_u32 step,
-                      float r1, float r2, float c1, float c2, float sigma,
-                      float lo, float hi, int clip, int noise) {
+RD_KERNEL void rd_plan_step_f32(const float* x, const float* out, const float* h1,
+                                const float* h2, float* x_new, float* x0_out, const rd_i64* idx,
+                                rd_i64 B, rd_i64 D, rd_i64 Dout, rd_u64 seed, rd_u32 step,
+                                const float* c, int flags) {
     rd_i64 Q = (D + 3) / 4;
     for (rd_i64 b = 0; b < B; ++b)
         for (rd_i64 q = 0; q < Q; ++q)
-            rd_ddpm_quad(x, eps, out, idx, b, D, seed, step, q, r1, r2, c1, c2, sigma, lo, hi, clip, noise);
+            rd_plan_quad(x, out, h1, h2, x_new, x0_out, idx, b, D, Dout, seed, step, q, c, flags);
 }
 RD_KERNEL void rd_standard_normal_f32(float* out, const rd_i64* idx, rd_i64 B, rd_i64 D, rd_u64 seed,
                             rd_u32 step) {
@@ -117,14 +155,14 @@ RD_KERNEL void rd_standard_normal_f32(float* out, const rd_i64* idx, rd_i64 B, r
         for (rd_i64 q = 0; q < Q; ++q) rd_normal_quad(out, idx, b, D, seed, step, q);
 }
 #else
-RD_KERNEL void rd_ddpm_step_f32(const float* x, const float* eps, float* out, const rd_i64* idx,
-                                rd_i64 B, rd_i64 D, rd_u64 seed, rd_u32 step,
-                                float r1, float r2, float c1, float c2, float sigma,
-                                float lo, float hi, int clip, int noise) {
+RD_KERNEL void rd_plan_step_f32(const float* x, const float* out, const float* h1,
+                                const float* h2, float* x_new, float* x0_out, const rd_i64* idx,
+                                rd_i64 B, rd_i64 D, rd_i64 Dout, rd_u64 seed, rd_u32 step,
+                                const float* c, int flags) {
     rd_i64 Q = (D + 3) / 4;
     rd_i64 n = (rd_i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= B * Q) return;
-    rd_ddpm_quad(x, eps, out, idx, n / Q, D, seed, step, n % Q, r1, r2, c1, c2, sigma, lo, hi, clip, noise);
+    rd_plan_quad(x, out, h1, h2, x_new, x0_out, idx, n / Q, D, Dout, seed, step, n % Q, c, flags);
 }
 RD_KERNEL void rd_standard_normal_f32(float* out, const rd_i64* idx, rd_i64 B, rd_i64 D,
                                       rd_u64 seed, rd_u32 step) {
@@ -137,6 +175,18 @@ RD_KERNEL void rd_standard_normal_f32(float* out, const rd_i64* idx, rd_i64 B, r
 """
 
 _THREADS = 256
+_FLAGS = {
+    "px": 1,
+    "po": 2,
+    "clip": 4,
+    "cx": 8,
+    "c0": 16,
+    "c1": 32,
+    "c2": 64,
+    "noise": 128,
+    "learned": 256,
+    "range": 512,
+}
 
 
 @functools.cache
@@ -145,6 +195,43 @@ def _module() -> Any:
 
     # --fmad=false: no fused multiply-add contraction, so float32 results round like the generic path.
     return cupy.RawModule(code=CUDA_SOURCE, options=("--fmad=false", "-std=c++11"))
+
+
+def step_arguments(plan: Any, k: int, history: int) -> tuple[np.ndarray, int]:
+    """The kernel's float32 coefficients [11] and flags for step ``k`` of ``plan`` with
+    ``history`` earlier x̂0 at hand: the generic loop's float64 row cast to float32, and which of
+    its terms it skips (a zero weight, or a weight of an x̂0 the run has not made yet)."""
+    f32 = np.float32
+    lo, hi = plan.clip if plan.clip is not None else (0.0, 0.0)
+    d = [float(v) if j <= history else 0.0 for j, v in enumerate(plan.d_coef[k])]
+    d += [0.0] * (3 - len(d))
+    c = np.array(
+        [
+            plan.pred_x[k],
+            plan.pred_out[k],
+            lo,
+            hi,
+            plan.x_coef[k],
+            *d,
+            plan.noise_coef[k],
+            plan.log_var_min[k],
+            plan.log_var_max[k],
+        ],
+        dtype=f32,
+    )
+    on = {
+        "px": plan.pred_x[k] != 0.0,
+        "po": plan.pred_out[k] != 1.0,
+        "clip": plan.clip is not None,
+        "cx": plan.x_coef[k] != 0.0,
+        "c0": d[0] != 0.0,
+        "c1": d[1] != 0.0,
+        "c2": d[2] != 0.0,
+        "noise": plan.noise_coef[k] != 0.0,
+        "learned": plan.learned_noise,
+        "range": plan.learned_noise and plan.variance.value == "learned_range",
+    }
+    return c, sum(_FLAGS[name] for name, v in on.items() if v)
 
 
 def _check_batch(x: Any, name: str) -> tuple[int, int]:
@@ -157,109 +244,54 @@ def _check_batch(x: Any, name: str) -> tuple[int, int]:
     return int(x.shape[0]), int(math.prod(x.shape[1:]))
 
 
-def _indices(sample_indices: Any, B: int) -> Any:
+def plan_step_cuda(
+    plan: Any, k: int, x: Any, out: Any, history: list[Any], *, seed: int, sample_indices: Any
+) -> tuple[Any, Any]:
+    """Step ``k`` of ``plan`` as one CUDA kernel: ``(x_next, x̂0_k)`` from x [B, C, ...], the
+    model output [B, C or 2C, ...] and the earlier x̂0 (``history``, newest first), all
+    C-contiguous float32 CuPy arrays on one device. Equals the generic step of
+    :func:`refdiff.plans.run_plan` (float32, the same operations in the same order)."""
     import cupy
 
+    from .noise import check_seed
+
+    if plan.history > 3:
+        raise ValueError(
+            f"the fused step combines at most 3 x̂0 predictions, the plan {plan.history}"
+        )
+    seed = check_seed(seed)
+    B, D = _check_batch(x, "x")
+    Bo, Dout = _check_batch(out, "the model output")
+    channels = 2 if plan.variance.learned else 1
+    if Bo != B or Dout != channels * D:
+        raise ValueError(f"the model output has shape {out.shape}, expected {channels} x {x.shape}")
+    hist = [_check_batch(h, "an x̂0 of the history") and h for h in history[:2]]
     idx = cupy.ascontiguousarray(cupy.asarray(sample_indices), dtype=cupy.int64)
     if idx.shape != (B,):
         raise ValueError(f"sample_indices must have shape [{B}], got {idx.shape}")
-    return idx
-
-
-def standard_normal_cuda(seed: int, sample_indices: Any, step: int, shape: tuple[int, ...]) -> Any:
-    """float32 noise [B, *shape] on the current CUDA device, equal to
-    ``refdiff.noise.standard_normal(seed, sample_indices, step, shape, dtype=float32)``."""
-    import cupy
-
-    from .noise import check_seed
-
-    seed = check_seed(seed)
-    B = int(sample_indices.shape[0])
-    D = int(math.prod(shape))
-    out = cupy.empty((B, *shape), dtype=cupy.float32)
-    idx = _indices(sample_indices, B)
+    coef, flags = step_arguments(plan, k, len(hist))
+    x_new, x0 = cupy.empty_like(x), cupy.empty_like(x)
+    h1 = hist[0] if len(hist) > 0 else x  # unread unless its weight is non-zero
+    h2 = hist[1] if len(hist) > 1 else x
     n = B * ((D + 3) // 4)
-    if n:
-        _module().get_function("rd_standard_normal_f32")(
-            ((n + _THREADS - 1) // _THREADS,),
-            (_THREADS,),
-            (out, idx, np.int64(B), np.int64(D), np.uint64(seed), np.uint32(step)),
-        )
-    return out
-
-
-def ddpm_step_eps_cuda(
-    schedule: Any,
-    x_t: Any,
-    eps: Any,
-    t: int,
-    *,
-    seed: int,
-    sample_indices: Any,
-    clip_denoised: bool = True,
-    data_range: tuple[float, float] = (-1.0, 1.0),
-    variance: str = "fixed_small",
-    out: Any = None,
-) -> Any:
-    """One fused ancestral DDPM step from an ε-prediction with a fixed variance (float32, CuPy).
-
-    Equals ``p_mean_variance(...).mean + σ_t · standard_normal(seed, idx, t, ...)`` of the generic
-    path (no noise at index 0). ``out`` may be a preallocated float32 array (not aliasing ``eps``).
-    """
-    import cupy
-
-    from .noise import check_seed
-
-    seed = check_seed(seed)
-    B, D = _check_batch(x_t, "x_t")
-    if _check_batch(eps, "eps") != (B, D) or eps.shape != x_t.shape:
-        raise ValueError(f"eps has shape {eps.shape}, expected {x_t.shape}")
-    T = schedule.num_timesteps
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < T:
-        raise ValueError(f"timestep {t!r} is not an integer index in [0, {T - 1}]")
-    t = int(t)
-    if schedule.zero_terminal_snr and t == T - 1:
-        raise ValueError(
-            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule"
-        )
-    if variance == "fixed_small":
-        log_var = schedule.posterior_log_variance_clipped[t]
-    elif variance == "fixed_large":
-        log_var = schedule.fixed_large_log_variance[t]
-    else:
-        raise ValueError(
-            f"the fused step supports fixed_small and fixed_large variances, not {variance!r}"
-        )
-    f32 = np.float32
-    # Coefficients exactly as the generic path forms them: float64 tables cast to float32, then
-    # σ = exp(0.5 · log σ²) in float32.
-    sigma = np.exp(f32(0.5) * f32(log_var), dtype=f32)
-    idx = _indices(sample_indices, B)
-    if out is None:
-        out = cupy.empty_like(x_t)
-    n = B * ((D + 3) // 4)
-    lo, hi = data_range
-    _module().get_function("rd_ddpm_step_f32")(
+    _module().get_function("rd_plan_step_f32")(
         ((n + _THREADS - 1) // _THREADS,),
         (_THREADS,),
         (
-            x_t,
-            eps,
+            x,
             out,
+            h1,
+            h2,
+            x_new,
+            x0,
             idx,
             np.int64(B),
             np.int64(D),
+            np.int64(Dout),
             np.uint64(seed),
-            np.uint32(t),
-            f32(schedule.sqrt_recip_alphas_cumprod[t]),
-            f32(schedule.sqrt_recipm1_alphas_cumprod[t]),
-            f32(schedule.posterior_mean_coef1[t]),
-            f32(schedule.posterior_mean_coef2[t]),
-            f32(sigma),
-            f32(lo),
-            f32(hi),
-            np.int32(bool(clip_denoised)),
-            np.int32(t > 0),
+            np.uint32(int(plan.step_index[k])),
+            cupy.asarray(coef),
+            np.int32(flags),
         ),
     )
-    return out
+    return x_new, x0

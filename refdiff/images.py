@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_int
 from ._deps import require
 from ._io import atomic_path, make_dir
 from .data import check_uint8_images
@@ -27,12 +28,6 @@ def _check_images(images: object, what: str) -> np.ndarray:
     if images.shape[1] not in (1, 3):
         raise ValueError(f"{what} must have 1 (grey) or 3 (RGB) channels, got {images.shape[1]}")
     return images
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def make_grid(
@@ -60,10 +55,10 @@ def make_grid(
     """
     images = _check_images(images, "images")
     n, c, h, w = images.shape
-    nrow = math.ceil(math.sqrt(n)) if nrow is None else _check_int(nrow, "nrow", 1)
-    scale = _check_int(scale, "scale", 1)
-    pad = _check_int(pad, "pad", 0)
-    pad_value = _check_int(pad_value, "pad_value", 0)
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else check_int(nrow, "nrow", minimum=1)
+    scale = check_int(scale, "scale", minimum=1)
+    pad = check_int(pad, "pad", minimum=0)
+    pad_value = check_int(pad_value, "pad_value", minimum=0)
     if pad_value > 255:
         raise ValueError(f"pad_value must lie in 0..255, got {pad_value}")
     cols = min(nrow, n)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from . import _formulas as f
 from ._array import Array, as_batch_timesteps, device, gather, get_namespace, stop_gradient
-from ._enums import Decoder, LossType, Prediction, Variance
+from ._checks import check_int
+from ._enums import DEFAULT_CLIP_DENOISED, Decoder, LossType, Prediction, Variance
 from ._formulas import LN2, VBTerm
 from .reverse import check_model_output
 
@@ -109,9 +108,7 @@ def discretized_gaussian_log_likelihood(
 
 def check_num_bins(num_bins: Any) -> int:
     """``num_bins`` as an int >= 2, or a ``ValueError`` naming it."""
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-    return int(num_bins)
+    return check_int(num_bins, "num_bins", minimum=2)
 
 
 def check_data_range(data_range: Any) -> tuple[float, float]:
@@ -159,7 +156,7 @@ def vb_term(
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
-    clip_denoised: bool = False,
+    clip_denoised: bool = DEFAULT_CLIP_DENOISED,
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_bins: int = 256,
 ) -> VBTerm:
@@ -233,7 +230,6 @@ def training_losses(
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
     decoder: Decoder | str = Decoder.DISCRETIZED,
-    clip_denoised: bool = False,
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_bins: int = 256,
     lambda_vlb: float = 0.001,
@@ -245,7 +241,9 @@ def training_losses(
     - ``hybrid``: simple + λ · T · L_{t-1} with λ = ``lambda_vlb`` and the mean channels frozen
       (stop-gradient) inside the bound term, so it trains only the variance (Nichol & Dhariwal §3.1).
 
-    Works on any backend; on PyTorch the result carries autograd through ``model_output``.
+    The bound term never clips x̂_0 (as improved-diffusion trains): a clipped prediction has no
+    gradient where it leaves the data range. Works on any backend; on PyTorch the result carries
+    autograd through ``model_output``.
     """
     loss_type = LossType.parse(loss_type)
     prediction = Prediction.parse(prediction)
@@ -289,7 +287,7 @@ def training_losses(
             prediction,
             variance,
             decoder,
-            clip_denoised,
+            False,  # the training loss never clips x̂_0
             data_range,
             num_bins,
             xp,

@@ -23,9 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from ._array import Array
+from ._array import Array, as_namespace
+from ._checks import check_int
 
 __all__ = ["PRIOR_STEP", "check_seed", "philox4x32", "standard_normal", "uniform_open"]
 
@@ -72,12 +71,8 @@ def philox4x32(counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: 
 
 
 def check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    return seed
+    """``seed`` as an int if it is a 64-bit Philox key: an integer in [0, 2**64 - 1]."""
+    return check_int(seed, "seed", minimum=0, maximum=2**64 - 1)
 
 
 def uniform_open(
@@ -89,8 +84,8 @@ def uniform_open(
     alone. ``per_sample`` is rounded up to a multiple of 4 internally (one Philox call per four).
     """
     seed = check_seed(seed)
-    if not 0 <= int(step) <= _M32:
-        raise ValueError(f"step must be in [0, 2**32), got {step}")
+    step = check_int(step, "step", minimum=0, maximum=_M32)
+    xp = as_namespace(xp)
     if not hasattr(sample_indices, "dtype") or not xp.isdtype(sample_indices.dtype, "integral"):
         got = getattr(sample_indices, "dtype", type(sample_indices).__name__)
         raise TypeError(
@@ -137,8 +132,10 @@ def standard_normal(
     shape : tuple of int
         Shape of one sample, e.g. (C, H, W).
     xp, dtype, device
-        Backend namespace, output dtype (default float64) and device.
+        Backend namespace (``numpy``, ``torch``, ... or their ``array_api_compat`` wrappers; see
+        :func:`refdiff._array.as_namespace`), output dtype (default float64) and device.
     """
+    xp = as_namespace(xp)
     d = math.prod(shape)
     n = -(-d // 2) * 2
     u = uniform_open(seed, sample_indices, step, n, xp, device)

@@ -27,14 +27,24 @@ from .settings import Diffusion
 
 __all__ = [
     "FORMAT_VERSION",
+    "GENERATOR_FORMAT",
+    "GENERATOR_INPUTS",
+    "GENERATOR_KINDS",
+    "GENERATOR_OUTPUTS",
     "INPUT_NAMES",
     "METADATA_KEY",
     "OUTPUT_NAME",
+    "STEP_INPUTS",
+    "STEP_OUTPUTS",
     "WEIGHT_DTYPES",
+    "GeneratorMetadata",
     "MetadataError",
     "ModelMetadata",
+    "NotADenoiserError",
     "check_graph",
     "check_onnx_file",
+    "file_kind",
+    "read_metadata_props",
 ]
 
 #: Key of the model's ``metadata_props`` entry holding the JSON of :class:`ModelMetadata`.
@@ -56,6 +66,14 @@ _EXPORT_HINT = (
 
 class MetadataError(ValueError):
     """The model's refdiff metadata is missing, malformed or contradicts the graph."""
+
+
+class NotADenoiserError(MetadataError):
+    """A refdiff generator or step file where a denoiser was expected; ``kind`` says which."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,13 @@ class ModelMetadata:
         if not isinstance(d, Mapping):
             raise MetadataError(
                 f"{source}: the refdiff metadata must be a JSON object, got {type(d).__name__}"
+            )
+        if d.get("kind") in GENERATOR_KINDS:
+            raise NotADenoiserError(
+                f"{source} is a refdiff {d['kind']} file (a whole sampler, seed in, images out), "
+                "not a denoiser: sample from it with `refdiff sample FILE`, or give the denoiser "
+                "file it was built from",
+                d["kind"],
             )
         fmt = d.get("format")
         if fmt != FORMAT_VERSION:
@@ -262,3 +287,212 @@ def check_graph(meta: ModelMetadata, inputs: Any, outputs: Any, *, source: str) 
             f"{source}: metadata model.learn_sigma = {model['learn_sigma']!r} contradicts the "
             f"diffusion variance {d.variance.value!r}"
         )
+
+
+# -- generator files: a whole sampler in one graph ------------------------------------------------
+
+#: ``kind`` of the metadata of a generator file and of its step file (a denoiser's has none).
+GENERATOR_KINDS = ("generator", "step")
+#: Version of the generator metadata's layout.
+GENERATOR_FORMAT = 1
+#: A generator's inputs: ``seed`` int64 [], ``sample_indices`` int64 [B]; optional (overridable,
+#: empty by default) ``x_T`` float32 [B, C, H, W] and, for a stochastic sampler, ``noise``
+#: float32 [N, B, C, H, W] (step k's noise).
+GENERATOR_INPUTS = ("seed", "sample_indices", "x_T", "noise")
+#: A generator's outputs: ``samples`` float32 [B, C, H, W] (what the Python sampler returns) and
+#: ``images`` uint8 [B, C, H, W] (:func:`refdiff.runtime.to_uint8` of them).
+GENERATOR_OUTPUTS = ("samples", "images")
+#: A step file's inputs: ``seed``, ``sample_indices``, ``step`` int64 [] (-1: start), ``x``
+#: float32 [B, C, H, W] and ``history`` float32 [H, B, C, H, W] (the last H predictions of x_0).
+STEP_INPUTS = ("seed", "sample_indices", "step", "x", "history")
+#: A step file's outputs: ``x_next``, ``history_next`` and ``pred_x0`` (this step's x̂_0).
+STEP_OUTPUTS = ("x_next", "history_next", "pred_x0")
+
+
+@dataclass(frozen=True)
+class GeneratorMetadata:
+    """The JSON under :data:`METADATA_KEY` in a generator or step file.
+
+    Attributes
+    ----------
+    kind : {"generator", "step"}
+    diffusion : Diffusion
+        The settings of the model inside.
+    sampler : dict
+        The sampler choice (:meth:`refdiff.SamplerChoice.to_dict`: sampler, steps, spacing,
+        options).
+    plan : dict
+        The plan whose tables the graph holds (:meth:`refdiff.Plan.to_dict`), for ports.
+    denoiser : dict
+        The embedded denoiser's own metadata (its network settings and weight dtype).
+    graph : str
+        How the loop is laid out: ``"loop"`` (an ONNX Loop), ``"unrolled"`` or ``"step"``.
+    refdiff_version : str
+    format : int
+    """
+
+    kind: str
+    diffusion: Diffusion
+    sampler: dict[str, Any]
+    plan: dict[str, Any]
+    denoiser: dict[str, Any] = field(default_factory=dict)
+    graph: str = "loop"
+    refdiff_version: str = ""
+    format: int = GENERATOR_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.kind not in GENERATOR_KINDS:
+            raise ValueError(f"kind must be one of {GENERATOR_KINDS}, got {self.kind!r}")
+        if not isinstance(self.diffusion, Diffusion):
+            raise TypeError(f"diffusion must be a Diffusion, got {type(self.diffusion).__name__}")
+        if self.graph not in ("loop", "unrolled", "step"):
+            raise ValueError(f"graph must be 'loop', 'unrolled' or 'step', got {self.graph!r}")
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the sampler draws noise after x_T (the file then has a ``noise`` input)."""
+        return any(float(v) != 0.0 for v in self.plan.get("noise_coef", ()))
+
+    @property
+    def steps(self) -> int:
+        return int(self.sampler["steps"])
+
+    def describe(self) -> str:
+        """``generator: dpmpp_2m, 10 steps (even spacing); loop; float32 denoiser``."""
+        s = self.sampler
+        opts = "".join(f", {k}={v}" for k, v in s.get("options", {}).items())
+        dtype = self.denoiser.get("dtype", "float32")
+        return (
+            f"{self.kind}: {s['sampler']}, {s['steps']} steps ({s['spacing']} spacing{opts}); "
+            f"{self.graph}; {dtype} denoiser"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "kind": self.kind,
+            "refdiff_version": self.refdiff_version,
+            "diffusion": self.diffusion.to_dict(),
+            "sampler": dict(self.sampler),
+            "plan": dict(self.plan),
+            "denoiser": dict(self.denoiser),
+            "graph": self.graph,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None, *, source: str = "the file") -> GeneratorMetadata:
+        """Parse and validate a generator's metadata; every problem is a :class:`MetadataError`."""
+        d = _json_object(text, source)
+        if d.get("kind") not in GENERATOR_KINDS:
+            raise MetadataError(
+                f"{source} is not a refdiff generator file (its metadata has kind "
+                f"{d.get('kind')!r}); write one with `refdiff export MODEL --out gen.onnx "
+                "--sampler NAME --steps N`"
+            )
+        if d.get("format") != GENERATOR_FORMAT:
+            raise MetadataError(
+                f"{source}: generator metadata format {d.get('format')!r} is not supported "
+                f"(this refdiff reads format {GENERATOR_FORMAT}); rebuild the file"
+            )
+        required = ("diffusion", "sampler", "plan", "denoiser", "graph")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise MetadataError(f"{source}: the generator metadata lacks the keys {missing}")
+        try:
+            return cls(
+                kind=d["kind"],
+                diffusion=Diffusion.from_dict(d["diffusion"]),
+                sampler=dict(d["sampler"]),
+                plan=dict(d["plan"]),
+                denoiser=dict(d["denoiser"]),
+                graph=str(d["graph"]),
+                refdiff_version=str(d.get("refdiff_version", "")),
+                format=d["format"],
+            )
+        except (TypeError, ValueError, KeyError) as exc:
+            raise MetadataError(f"{source}: invalid generator metadata: {exc}") from None
+
+
+def _json_object(text: str | None, source: str) -> Mapping[str, Any]:
+    if text is None:
+        raise MetadataError(
+            f"{source} lacks refdiff metadata (no {METADATA_KEY!r} entry in its metadata_props)"
+        )
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"{source}: the refdiff metadata is not valid JSON: {exc}") from None
+    if not isinstance(d, Mapping):
+        raise MetadataError(f"{source}: the refdiff metadata must be a JSON object")
+    return d
+
+
+def file_kind(text: str | None) -> str:
+    """``"denoiser"``, ``"generator"`` or ``"step"`` for the metadata JSON of a refdiff file
+    (``"denoiser"`` too when there is none or it is unreadable: the denoiser's reader then says
+    what is wrong)."""
+    try:
+        d = json.loads(text) if text is not None else {}
+    except json.JSONDecodeError:
+        return "denoiser"
+    kind = d.get("kind") if isinstance(d, Mapping) else None
+    return kind if kind in GENERATOR_KINDS else "denoiser"
+
+
+def _varint(data: Any, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _fields(data: Any, pos: int = 0, end: int | None = None) -> Any:
+    """(field number, start, stop) of each length-delimited field of the protobuf message in
+    ``data[pos:end]``; other wire types are skipped. Nothing is copied."""
+    end = len(data) if end is None else end
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > end:
+                raise ValueError("truncated field")
+            yield tag >> 3, pos, pos + size
+            pos += size
+        else:
+            raise ValueError(f"unknown wire type {wire}")
+
+
+def read_metadata_props(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, read from its protobuf without parsing the graph
+    (no onnx, no onnxruntime; the weights are skipped, not decoded). An unreadable file gives an
+    empty mapping: onnxruntime then says what is wrong with it."""
+    import mmap
+
+    out: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for number, start, stop in _fields(m):
+                if number != 14:  # ModelProto.metadata_props: (key = 1, value = 2) entries
+                    continue
+                entry = {k: m[a:b].decode("utf-8") for k, a, b in _fields(m, start, stop)}
+                if 1 in entry:
+                    out[entry[1]] = entry.get(2, "")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return out

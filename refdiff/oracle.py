@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._array import Array, gather, get_namespace
+from ._checks import check_int
 from ._enums import Prediction, Variance
 
 __all__ = ["TOY_MIXTURES", "GaussianMixture", "toy_mixture"]
@@ -111,14 +112,11 @@ class GaussianMixture:
         ``sample(5, s)``, whatever the number drawn at once or the split of the work. With a
         ``numpy.random.Generator``, the samples are drawn from it (advancing it).
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        n = int(n)
+        n = check_int(n, "n", minimum=0)
         if isinstance(seed, np.random.Generator):
             k = seed.choice(self.weights.shape[0], size=n, p=self.weights)
             return self.means[k] + self.stds[k, None] * seed.standard_normal((n, self.dim))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer or a Generator, got {seed!r}")
+        seed = check_int(seed, "seed (an integer or a numpy Generator)", minimum=0)
         cumulative = np.cumsum(self.weights)
         blocks = []
         for b in range(-(-n // _SAMPLE_BLOCK)):

@@ -11,15 +11,17 @@ from typing import Any
 
 from . import _formulas as f
 from ._array import Array, as_batch_timesteps, device, get_namespace, max_timestep
-from ._enums import Prediction, Variance
+from ._enums import DEFAULT_CLIP_DENOISED, Prediction, Variance
 from ._formulas import PMeanVariance
 
 __all__ = [
+    "ZERO_TERMINAL_SNR_ERROR",
     "PMeanVariance",
     "Prediction",
     "Variance",
     "check_denoiser_output",
     "check_model_output",
+    "check_zero_terminal_snr",
     "eps_from_v",
     "eps_from_x0",
     "p_mean_variance",
@@ -40,7 +42,7 @@ def _checked(schedule: Any, a: Array, t: Any, b: Array) -> tuple[Any, Array]:
 def x0_from_eps(schedule: Any, x_t: Array, t: Any, eps: Array) -> Array:
     """x_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t = √(1/ᾱ_t) x_t - √(1/ᾱ_t - 1) ε."""
     xp, tt = _checked(schedule, x_t, t, eps)
-    _check_recoverable(schedule, max_timestep(t, tt, xp), "ε")
+    _check_recoverable(schedule, max_timestep(t, tt, xp), Prediction.EPSILON)
     return f.x0_from_eps(schedule, x_t, tt, eps, xp)
 
 
@@ -68,13 +70,26 @@ def eps_from_v(schedule: Any, x_t: Array, t: Any, v: Array) -> Array:
     return f.eps_from_v(schedule, x_t, t, v, xp)
 
 
-def _check_recoverable(schedule: Any, t_max: int, what: str) -> None:
-    """ε (alone) cannot give x_0 where ᾱ_t = 0 (zero terminal SNR at the last step)."""
-    if schedule.zero_terminal_snr and t_max == schedule.num_timesteps - 1:
-        raise ValueError(
-            f"x_0 cannot be recovered from a {what} prediction at the last step of a zero-terminal-SNR "
-            "schedule (ᾱ_T = 0); use the 'v' or 'x0' prediction with zero terminal SNR"
-        )
+#: The one wording of the error: ε (alone) cannot give x_0 where ᾱ = 0.
+ZERO_TERMINAL_SNR_ERROR = (
+    "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
+    "(ᾱ_T = 0): x̂_0 = (x - √(1-ᾱ) ε̂)/√ᾱ is undefined there; use the 'v' or 'x0' prediction "
+    "with zero terminal SNR"
+)
+
+
+def check_zero_terminal_snr(zero_terminal_snr: bool, prediction: Prediction) -> None:
+    """A ``ValueError`` (:data:`ZERO_TERMINAL_SNR_ERROR`) when a schedule with zero terminal SNR
+    meets an ε-prediction: the settings, the samplers and the bound all refuse it this way."""
+    if zero_terminal_snr and Prediction.parse(prediction) is Prediction.EPSILON:
+        raise ValueError(ZERO_TERMINAL_SNR_ERROR)
+
+
+def _check_recoverable(schedule: Any, t_max: int, prediction: Prediction) -> None:
+    """Zero terminal SNR with ε is refused only where the last step is asked for."""
+    check_zero_terminal_snr(
+        schedule.zero_terminal_snr and t_max == schedule.num_timesteps - 1, prediction
+    )
 
 
 def split_model_output(
@@ -134,7 +149,7 @@ def p_mean_variance(
     *,
     prediction: Prediction | str = Prediction.EPSILON,
     variance: Variance | str = Variance.FIXED_SMALL,
-    clip_denoised: bool = False,
+    clip_denoised: bool = DEFAULT_CLIP_DENOISED,
     data_range: tuple[float, float] = (-1.0, 1.0),
 ) -> PMeanVariance:
     """Mean and variance of p_θ(x_{t-1} | x_t) from the denoiser's output.
@@ -157,7 +172,7 @@ def p_mean_variance(
     tt = as_batch_timesteps(t, schedule.num_timesteps, x_t.shape[0], xp, device(x_t))
     check_model_output(model_output, x_t, variance)
     if prediction is Prediction.EPSILON:
-        _check_recoverable(schedule, max_timestep(t, tt, xp), "ε")
+        _check_recoverable(schedule, max_timestep(t, tt, xp), prediction)
     out, var_out = f.split_channels(model_output, x_t.shape[1] if x_t.ndim > 1 else 0, variance)
     return f.p_mean_variance(
         schedule, out, var_out, x_t, tt, prediction, variance, clip_denoised, data_range, xp

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._array import Array, get_namespace, table_on
-from ._enums import Prediction
-from .noise import PRIOR_STEP, standard_normal
+from ._array import Array, as_namespace, get_namespace
+from ._checks import check_int
+from .noise import PRIOR_STEP, check_seed, standard_normal
 
-__all__ = ["Callback", "FiniteWatch", "SamplerRun", "check_zero_terminal_snr"]
+__all__ = ["Callback", "FiniteWatch", "SamplerRun"]
 
 Callback = Callable[[int, int, Array, Array], None]
 """``callback(i, t, x, pred_x0)`` after step i (0-based) at index t with the new x."""
@@ -30,17 +30,36 @@ Callback = Callable[[int, int, Array, Array], None]
 
 class SamplerRun:
     """A sampler's loop state: the namespace ``xp``, batch size ``B``, ``dtype``, ``device``,
-    sample indices ``idx``, the ``noise(step, shape)`` function, the starting state ``x``, the
-    schedule's ``tmap`` on the device, and ``watch`` / ``finish`` (:class:`FiniteWatch`)."""
+    sample indices ``idx``, the ``noise(step, shape)`` function, the starting state ``x``, and
+    ``watch`` / ``finish`` (:class:`FiniteWatch`) over ``num_steps`` steps.
 
-    def __init__(self, schedule, shape, xp, dtype, device, seed, sample_indices, noise, x_T):
+    ``xp`` may be a plain module (``numpy``, ``torch``): it is taken as its array_api_compat
+    namespace (:func:`refdiff._array.as_namespace`). A custom ``noise(step, shape)`` is called
+    with ``step`` = :data:`refdiff.noise.PRIOR_STEP` (2**32 - 1) for x_T, then with the
+    sampling schedule's index of each step that draws noise.
+    """
+
+    def __init__(
+        self,
+        num_steps: int,
+        shape: tuple[int, ...],
+        xp: Any = None,
+        dtype: Any = None,
+        device: Any = None,
+        seed: int = 0,
+        sample_indices: Array | None = None,
+        noise: Callable[[int, tuple[int, ...]], Array] | None = None,
+        x_T: Array | None = None,
+    ) -> None:
         if len(shape) < 2:
             raise ValueError(
                 f"shape must be [B, ...] with at least one data axis, got {tuple(shape)}"
             )
-        B = int(shape[0])
-        if B < 1:
-            raise ValueError(f"need at least one sample, got batch size {B}")
+        B = check_int(shape[0], "the batch size shape[0]", minimum=1)
+        check_seed(seed)
+        if noise is not None and not callable(noise):
+            raise TypeError(f"noise must be a callable noise(step, shape), got {noise!r}")
+        xp = as_namespace(xp)
         if x_T is not None:
             xp, dtype, device = _follow(x_T, shape, xp, dtype, device)
         elif xp is None:
@@ -71,8 +90,7 @@ class SamplerRun:
             noise,
         )
         self.x = noise(PRIOR_STEP, tuple(shape)) if x_T is None else x_T
-        self.tmap = table_on(schedule.timestep_map, xp, device)
-        self.watch = FiniteWatch(schedule.num_timesteps, xp, device)
+        self.watch = FiniteWatch(num_steps, xp, device)
         self.finish = self.watch.finish
 
     def full(self, t_int: int) -> Array:
@@ -116,7 +134,10 @@ def _follow(x_T: Array, shape, xp, dtype, device):
 
     xt_ns = get_namespace(x_T)
     if xp is not None and xp.__name__ != xt_ns.__name__:
-        raise TypeError(f"x_T is a {xt_ns.__name__} array but xp is {xp.__name__}")
+        raise TypeError(
+            f"x_T is a {xt_ns.__name__} array but xp is {xp.__name__}: pass xp of x_T's library "
+            "or leave xp out (x_T sets it)"
+        )
     if tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     if dtype is not None and dtype != x_T.dtype:
@@ -124,13 +145,3 @@ def _follow(x_T: Array, shape, xp, dtype, device):
     if device is not None and device != device_of(x_T):
         raise ValueError(f"x_T lives on {device_of(x_T)} but device={device} was asked for")
     return xt_ns, x_T.dtype, device_of(x_T)
-
-
-def check_zero_terminal_snr(schedule: Any, prediction: Prediction) -> None:
-    """A ``ValueError`` when the schedule ends at ᾱ = 0 and the model predicts ε: x̂_0 = (x - √(1-ᾱ)
-    ε̂)/√ᾱ is then undefined at the first step."""
-    if schedule.zero_terminal_snr and prediction is Prediction.EPSILON:
-        raise ValueError(
-            "an ε-prediction cannot recover x_0 at the last step of a zero-terminal-SNR schedule "
-            "(ᾱ_T = 0); train with prediction 'v' or 'x0' to use zero terminal SNR"
-        )

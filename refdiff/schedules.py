@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_int
 from ._enums import Spacing
 
 __all__ = [
@@ -245,10 +246,7 @@ def make_betas(name: str, T: int, **params: Any) -> np.ndarray:
     """The betas of a named schedule. See :data:`SCHEDULES` for the names and their defaults."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
-        raise TypeError(f"T must be an int, got {type(T).__name__} {T!r}")
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    T = check_int(T, "T", minimum=1)
     fn, defaults = SCHEDULES[name]
     unknown = set(params) - set(defaults)
     if unknown:
@@ -381,9 +379,8 @@ def get_schedule(name: str, T: int, *, zero_terminal_snr: bool = False, **params
 
 def space_timesteps(T: int, n: int) -> np.ndarray:
     """``n`` timestep indices spread evenly over [0, T-1], always including 0 and T-1."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"number of steps must be an int, got {n!r}")
-    if not 1 <= n <= T:
+    n = check_int(n, "the number of steps", minimum=1)
+    if n > T:
         raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
     if n == 1:
         return np.array([T - 1], dtype=np.int64)
@@ -418,9 +415,8 @@ def select_timesteps(
     T = schedule.num_timesteps
     if spacing is Spacing.EVEN:
         return space_timesteps(T, n)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"number of steps must be an int, got {n!r}")
-    if not 1 <= n <= T:
+    n = check_int(n, "the number of steps", minimum=1)
+    if n > T:
         raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
     if isinstance(rho, bool) or not (isinstance(rho, (int, float)) and 0 < rho < math.inf):
         raise ValueError(f"rho must be a finite number > 0, got {rho!r}")

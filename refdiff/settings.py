@@ -29,15 +29,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._array import Array, Timesteps
-from ._enums import Decoder, LossType, Prediction, Spacing, Variance
+from ._checks import check_bool, check_int
+from ._enums import DEFAULT_CLIP_DENOISED, Decoder, LossType, Prediction, Spacing, Variance
 from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
 from .forward import q_sample
 from .losses import LossTerms, check_data_range, check_num_bins, training_losses
-from .reverse import PMeanVariance, p_mean_variance
-from .samplers import Callback, recommended_spacing, sample
+from .plans import Plan
+from .reverse import PMeanVariance, check_zero_terminal_snr, p_mean_variance
+from .sampler_loop import Callback
+from .sampler_registry import SamplerChoice, SamplerSpec
+from .samplers import DEFAULT_SAMPLER, SAMPLERS, get_sampler
 from .schedules import Schedule, get_schedule, select_timesteps
 
-__all__ = ["Diffusion"]
+__all__ = ["Diffusion", "check_steps"]
+
+
+def check_steps(steps: Any, num_timesteps: int) -> int:
+    """``steps`` as an int if it is a number of sampling steps a model of T = ``num_timesteps``
+    can take (1 … T); the error says what to choose."""
+    steps = check_int(steps, "steps", minimum=1)
+    if steps > num_timesteps:
+        raise ValueError(
+            f"cannot sample with {steps} steps: the model was trained with T = {num_timesteps} "
+            f"steps (choose 1 <= steps <= {num_timesteps})"
+        )
+    return steps
 
 
 def _default_schedule() -> Schedule:
@@ -62,7 +78,8 @@ class Diffusion:
     data_range : (lo, hi)
         The range of the data (images: (-1, 1)).
     clip_denoised : bool
-        Clip x̂_0 to ``data_range`` when sampling and scoring.
+        Clip x̂_0 to ``data_range`` when sampling and scoring (default True, as everywhere in
+        refdiff: :data:`refdiff._enums.DEFAULT_CLIP_DENOISED`).
     decoder : Decoder or str
         The decoder of L_0: ``discretized`` (data on ``num_bins`` levels) or ``gaussian``.
     num_bins : int
@@ -80,7 +97,7 @@ class Diffusion:
     variance: Variance = Variance.FIXED_SMALL
     image_shape: tuple[int, int, int] = (3, 32, 32)
     data_range: tuple[float, float] = (-1.0, 1.0)
-    clip_denoised: bool = True
+    clip_denoised: bool = DEFAULT_CLIP_DENOISED
     decoder: Decoder = Decoder.DISCRETIZED
     num_bins: int = 256
     # respaced schedules already built, by steps and spacing (their device tables are cached too)
@@ -118,14 +135,9 @@ class Diffusion:
             )
         set_(self, "image_shape", shape)
         set_(self, "data_range", check_data_range(self.data_range))
-        if not isinstance(self.clip_denoised, bool):
-            raise TypeError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
+        set_(self, "clip_denoised", check_bool(self.clip_denoised, "clip_denoised"))
         set_(self, "num_bins", check_num_bins(self.num_bins))
-        if sched.zero_terminal_snr and self.prediction is Prediction.EPSILON:
-            raise ValueError(
-                "zero terminal SNR needs a prediction that recovers x_0 at the last step ('v' or "
-                "'x0'), not 'epsilon'"
-            )
+        check_zero_terminal_snr(sched.zero_terminal_snr, self.prediction)
 
     # -- what the settings imply -------------------------------------------------------------
 
@@ -154,13 +166,7 @@ class Diffusion:
         spacing = Spacing.parse(spacing)
         if steps is None:
             return self.schedule
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if steps > T:
-            raise ValueError(
-                f"cannot sample with {steps} steps: the model was trained with T = {T} steps "
-                f"(choose 1 <= steps <= {T})"
-            )
+        steps = check_steps(steps, T)
         if steps == T:
             return self.schedule
         key = (steps, spacing)
@@ -275,12 +281,65 @@ class Diffusion:
             **self._bound_settings(),
         )
 
+    def choose_sampler(
+        self,
+        sampler: str | SamplerSpec | SamplerChoice | None = None,
+        steps: int | None = None,
+        spacing: Spacing | str | None = None,
+        **options: Any,
+    ) -> SamplerChoice:
+        """The sampler ``sampler`` (default :data:`refdiff.samplers.DEFAULT_SAMPLER`) for this
+        model, checked once: ``steps`` between 1 and T (default: the sampler's own
+        ``default_steps``, at most T; all T for DDPM), ``spacing`` (default: the sampler's), and
+        its ``options`` with their defaults filled in. A :class:`SamplerChoice` given with
+        nothing else is returned as it is."""
+        if isinstance(sampler, SamplerChoice):
+            if steps is not None or spacing is not None or options:
+                raise TypeError("a SamplerChoice comes whole: give no steps, spacing or options")
+            return sampler
+        spec = get_sampler(DEFAULT_SAMPLER if sampler is None else sampler)
+        T = self.num_timesteps
+        if steps is None:
+            steps = T if spec.default_steps is None else min(spec.default_steps, T)
+        return SamplerChoice(
+            spec,
+            check_steps(steps, T),
+            spec.spacing if spacing is None else Spacing.parse(spacing),
+            spec.check_options(options),
+            zero_terminal_snr=self.schedule.zero_terminal_snr,
+        )
+
+    def plan(
+        self,
+        sampler: str | SamplerSpec | SamplerChoice | None = None,
+        steps: int | None = None,
+        spacing: Spacing | str | None = None,
+        **options: Any,
+    ) -> Plan:
+        """The :class:`~refdiff.plans.Plan` of ``sampler`` with these settings (as
+        :meth:`choose_sampler`); a ``ValueError`` for a sampler that has none (Heun)."""
+        choice = self.choose_sampler(sampler, steps, spacing, **options)
+        if choice.spec.plan is None:
+            with_plan = [n for n, s in SAMPLERS.items() if s.plan is not None]
+            raise ValueError(
+                f"the {choice.name!r} sampler has no plan (its update is not a fixed linear "
+                f"combination); samplers with one: {with_plan}"
+            )
+        return choice.spec.plan(
+            self.sampling_schedule(choice.steps, choice.spacing),
+            prediction=self.prediction,
+            variance=self.variance,
+            clip_denoised=self.clip_denoised,
+            data_range=self.data_range,
+            **choice.options,
+        )
+
     def sample(
         self,
         denoiser: Callable[[Array, Array], Array],
         n: int,
         *,
-        sampler: str = "ddpm",
+        sampler: str | SamplerSpec | SamplerChoice | None = None,
         steps: int | None = None,
         spacing: Spacing | str | None = None,
         seed: int = 0,
@@ -289,20 +348,21 @@ class Diffusion:
         dtype: Any = None,
         device: Any = None,
         callback: Callback | None = None,
+        x_T: Array | None = None,
+        noise: Callable[[int, tuple[int, ...]], Array] | None = None,
+        fused: bool | None = None,
         **options: Any,
     ) -> Array:
-        """``n`` samples of ``image_shape`` with the sampler called ``sampler`` (one of
-        :data:`refdiff.SAMPLERS`) over ``steps`` training timesteps picked by ``spacing`` (default
-        all T; :meth:`sampling_schedule`; default spacing: the sampler's
-        :func:`refdiff.samplers.recommended_spacing`): :func:`refdiff.sample` with these settings.
-        ``options`` go to the sampler (``eta`` for DDIM, ``x_T``, ``noise``, ``fused``)."""
-        if spacing is None:
-            spacing = recommended_spacing(sampler)
-        return sample(
-            sampler,
-            self.sampling_schedule(steps, spacing),
+        """``n`` samples [n, *image_shape] with the sampler ``sampler`` (default
+        :data:`refdiff.samplers.DEFAULT_SAMPLER`) over ``steps`` training timesteps picked by
+        ``spacing`` (defaults: the sampler's; :meth:`choose_sampler`), with its ``options``
+        (``eta`` for DDIM, ...). The run settings (seed, sample_indices, xp, dtype, device,
+        callback, x_T, noise, fused) are those of :func:`refdiff.ddpm_sample`."""
+        choice = self.choose_sampler(sampler, steps, spacing, **options)
+        return choice.spec.function(
+            self.sampling_schedule(choice.steps, choice.spacing),
             denoiser,
-            (n, *self.image_shape),
+            (check_int(n, "the number of samples n", minimum=1), *self.image_shape),
             prediction=self.prediction,
             variance=self.variance,
             clip_denoised=self.clip_denoised,
@@ -313,7 +373,10 @@ class Diffusion:
             dtype=dtype,
             device=device,
             callback=callback,
-            **options,
+            x_T=x_T,
+            noise=noise,
+            fused=fused,
+            **choice.options,
         )
 
     # -- JSON ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_int
+
 __all__ = [
     "TIMESTEP_SAMPLERS",
     "LossSecondMomentSampler",
@@ -36,11 +38,7 @@ __all__ = [
 
 
 def _check_T(num_timesteps: object) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)):
-        raise TypeError(f"num_timesteps must be an int, got {num_timesteps!r}")
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    return int(num_timesteps)
+    return check_int(num_timesteps, "num_timesteps", minimum=1)
 
 
 class TimestepSampler:
@@ -74,8 +72,7 @@ class TimestepSampler:
             1 / (T p(t)): multiply the per-example losses by them for an unbiased estimate of the
             uniform-t objective.
         """
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
-            raise ValueError(f"batch must be a non-negative int, got {batch!r}")
+        batch = check_int(batch, "batch", minimum=0)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         p = self.probs()
@@ -155,8 +152,7 @@ class LossSecondMomentSampler(TimestepSampler):
 
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001) -> None:
         super().__init__(num_timesteps)
-        if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-            raise ValueError(f"history must be a positive int, got {history!r}")
+        history = check_int(history, "history", minimum=1)
         if not isinstance(uniform_prob, (int, float)) or not 0.0 < float(uniform_prob) <= 1.0:
             raise ValueError(f"uniform_prob must lie in (0, 1], got {uniform_prob!r}")
         self.history = int(history)

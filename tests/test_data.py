@@ -598,13 +598,15 @@ def test_random_horizontal_flip_errors():
 
 
 def test_readers_import_neither_torch_nor_the_core():
-    """The readers stand apart: no torch, no diffusion core (only the package's own modules and
-    the optional-dependency helper)."""
+    """The readers stand apart: no torch, no diffusion core (only the package's own modules, the
+    optional-dependency helper and the argument checks)."""
     for file in sorted(Path(data.__file__).parent.glob("*.py")):
         lines = [ln.strip() for ln in file.read_text().splitlines()]
         imports = [ln for ln in lines if ln.startswith(("import ", "from "))]
         assert not [ln for ln in imports if "torch" in ln], file
         outside = [
-            ln for ln in imports if ln.startswith("from ..") and not ln.startswith("from .._deps")
+            ln
+            for ln in imports
+            if ln.startswith("from ..") and not ln.startswith(("from .._deps", "from .._checks"))
         ]
         assert not outside and not [ln for ln in imports if "refdiff" in ln], (file, outside)

@@ -402,7 +402,7 @@ def test_check_compares_the_file_with_the_folder(exported, capsys):
     assert main(["check", str(path), str(exported["learned_range"][0])]) == 1
     assert "another model configuration" in capsys.readouterr().out
     assert main(["check", str(path), str(folder), "--no-ema"]) == 1
-    assert "--no-ema applies to refdiff checkpoints" in capsys.readouterr().err
+    assert "--no-ema (raw weights) applies to refdiff checkpoints" in capsys.readouterr().err
 
 
 def test_learned_variance_channels_become_log_sigma2(exported):
@@ -666,6 +666,30 @@ def test_sample_and_eval_of_a_diffusers_export_run_without_torch(exported, tmp_p
     assert not result["torch_loaded"] and result["attempts"] == []
     np.testing.assert_array_equal(np.array(result["images"], dtype=np.uint8), want)
     assert np.isfinite(result["bpd"]) and result["bpd"] > 0
+
+
+def test_eval_and_sample_open_a_diffusers_folder_directly(exported, tmp_path, capsys):
+    """The model door: `refdiff eval` and `refdiff sample` take the pipeline folder itself (through
+    PyTorch) and give the figures of its exported ONNX file."""
+    folder, path = exported["learned_range"]
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "images.npz", images=rng.integers(0, 256, (4, *SHAPE), dtype=np.uint8))
+    common = ["--data", str(tmp_path / "images.npz"), "--split", "all", "--no-progress"]
+    common += ["--no-full", "--mc-draws", "2", "--mc-timesteps", "uniform"]
+    reports = {}
+    for name, model in (("folder", folder), ("onnx", path)):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", str(model), *common, "--out", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    capsys.readouterr()
+    assert reports["folder"]["model"]["kind"] == "diffusers"
+    a, b = (reports[k]["bits_per_dim"]["bpd_mc"] for k in ("folder", "onnx"))
+    assert a == pytest.approx(b, rel=1e-5) and np.isfinite(a)
+    args = ["--n", "2", "--sampler", "ddim", "--steps", "4", "--no-progress"]
+    assert main(["sample", str(folder), *args, "--out", str(tmp_path / "f.png")]) == 0
+    assert main(["sample", str(path), *args, "--out", str(tmp_path / "o.png")]) == 0
+    f, o = (np.load(tmp_path / n)["images"].astype(int) for n in ("f.npz", "o.npz"))
+    assert np.abs(f - o).max() <= 1  # the same samples but for values on a rounding boundary
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The core and the whole sampling path work in a process where ``import torch`` fails.
+"""The core, the whole sampling path and refdiff.graph (ONNX graphs built in code) work in a
+process where ``import torch`` fails.
 
 A meta-path finder installed before anything else raises ``ModuleNotFoundError`` for ``torch``
 and ``torch.*`` and records every attempt; the child process then imports refdiff, runs the core,
@@ -141,7 +142,7 @@ def test_run_folder_settings_load_without_torch(tmp_path):
         f"""
         import json, sys
         from refdiff.runs import RunFolder, find_checkpoint, read_run_config
-        from refdiff.commands.eval import open_model
+        from refdiff.models import open_model
         run = {str(run.path)!r}
         cfg = read_run_config(run)
         ckpt = read_run_config(find_checkpoint(run))
@@ -168,3 +169,46 @@ def test_run_folder_settings_load_without_torch(tmp_path):
     assert (
         'pip install "refdiff[torch]"' in result["opened"] or "refdiff[torch]" in result["opened"]
     )
+
+
+def test_graph_building_works_without_torch(tmp_path_factory, tmp_path):
+    """refdiff.graph builds a graph around an exported model, with in-graph noise, in a process
+    where torch cannot be imported; the parent checks it against the file and refdiff.noise."""
+    import onnxruntime as ort
+
+    from refdiff.noise import standard_normal
+
+    model = shared_export(tmp_path_factory)
+    result = run_blocked_json(
+        f"""
+        import json, sys
+        import numpy as np, onnx, onnxruntime as ort
+        import refdiff.graph as rg
+
+        g = rg.GraphBuilder("noise_then_denoise")
+        seed = g.input("seed", np.int64, ())
+        indices = g.input("indices", np.int64, ("batch",))
+        t = g.input("t", np.int64, ("batch",))
+        den = g.add_model(onnx.load({str(model)!r}), prefix="denoiser")
+        x = rg.standard_normal(g, seed, indices, g.const(7), (1, 8, 8))
+        g.output(x, "x", dtype=np.float32, shape=("batch", 1, 8, 8))
+        g.output(g.call(den, x=x, t=t), "out", dtype=np.float32, shape=("batch", 2, 8, 8))
+        sess = ort.InferenceSession(g.to_model().SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        x, out = sess.run(None, {{"seed": np.array(5), "indices": np.array([0, 3, 2**33]),
+                                  "t": np.array([49, 10, 0])}})
+        print(json.dumps({{
+            "x": x.tolist(),
+            "out": out.tolist(),
+            "torch_loaded": "torch" in sys.modules,
+            "attempts": BLOCKED_ATTEMPTS,
+        }}))
+        """,
+        tmp_path,
+    )
+    assert not result["torch_loaded"] and result["attempts"] == []
+    want_x = standard_normal(5, np.array([0, 3, 2**33]), 7, (1, 8, 8), xp=np, dtype=np.float32)
+    np.testing.assert_array_equal(np.array(result["x"], np.float32), want_x)
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(None, {"x": want_x, "t": np.array([49, 10, 0])})
+    np.testing.assert_array_equal(np.array(result["out"], np.float32), want)

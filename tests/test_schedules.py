@@ -131,7 +131,7 @@ def test_space_timesteps():
     assert list(space_timesteps(1000, 1)) == [999]
     with pytest.raises(ValueError, match="1001 steps"):
         space_timesteps(1000, 1001)
-    with pytest.raises(ValueError, match="0 steps"):
+    with pytest.raises(ValueError, match="the number of steps must be >= 1, got 0"):
         space_timesteps(1000, 0)
 
 

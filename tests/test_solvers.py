@@ -240,7 +240,7 @@ def test_zero_terminal_snr_starts_from_pure_noise(sampler, prediction):
 def test_solver_bad_inputs():
     s = get_schedule("cosine", 10)
     den = MIX.denoiser(s)
-    with pytest.raises(TypeError, match=r"'dpmpp_2m' sampler takes no option \['eta'\]"):
+    with pytest.raises(TypeError, match=r"dpmpp_2m_sample\(\) got an unexpected keyword argument 'eta'"):
         rd.sample("dpmpp_2m", s, den, (2, 1), eta=0.5)
     with pytest.raises(ValueError, match="unknown spacing 'cosine'"):
         select_timesteps(s, 5, "cosine")
@@ -256,7 +256,7 @@ def test_solver_bad_inputs():
             rd.sample(name, zt, den, (2, 1), prediction="epsilon")
     with pytest.raises(ValueError, match="unknown prediction 'eps'"):
         rd.sample("heun", s, den, (2, 1), prediction="eps")
-    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         rd.network_calls("heun", 0)
     d = rd.Diffusion(s, image_shape=(1, 1, 1))
     with pytest.raises(ValueError, match="unknown spacing 'uniform'"):

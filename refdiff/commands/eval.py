@@ -1,9 +1,10 @@
 """``refdiff eval``: held-out bits/dim of a model next to the independent-pixel baseline, and the
 sample-quality figures of a set of samples.
 
-The model is an exported ``.onnx`` file (evaluated through the PyTorch-free runtime) or a training
-run folder / checkpoint folder (evaluated in PyTorch, which is imported only then). Nothing heavy
-is imported at module level: ``refdiff --help`` stays instant.
+The model is any format :func:`refdiff.models.open_model` reads: an exported ``.onnx`` file
+(evaluated through the PyTorch-free runtime), a training run folder or checkpoint folder, or a
+diffusers pipeline folder (evaluated in PyTorch, which is imported only then). Nothing heavy is
+imported at module level: ``refdiff --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .._deps import MissingDependency
 from ..data import DEFAULT_HOLDOUT
 from ._argtypes import fraction, non_negative_int, positive_int, value_range
 
-__all__ = ["add_parser", "open_model", "read_samples", "run"]
+__all__ = ["add_parser", "read_samples", "run"]
 
 _EPILOG = """\
 examples:
@@ -67,8 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="an exported .onnx file (no PyTorch needed), or a training run folder or one of its "
-        "checkpoints/ckpt-* folders (needs PyTorch)",
+        help="an exported .onnx file (no PyTorch needed), or a training run folder, one of its "
+        "checkpoints/ckpt-* folders or a diffusers pipeline folder (through PyTorch)",
     )
     p.add_argument(
         "--data",
@@ -157,94 +157,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-
-
-def _checkpoint_info(p: Path) -> dict[str, Any]:
-    """Find the checkpoint of a run or checkpoint folder, without importing torch, and say what
-    is there (the message of a folder without a checkpoint says how to finish it)."""
-    from ..runs.folder import RunFolder, checkpoint_step, find_checkpoint
-
-    try:
-        ckpt = find_checkpoint(p)
-    except FileNotFoundError:
-        raise ValueError(
-            f"{str(p)!r} is not a model: expected an .onnx file, a training run folder "
-            "(config.json and checkpoints/ckpt-*/) or a checkpoint folder (state.json)"
-        ) from None
-    info: dict[str, Any] = {"checkpoint": str(ckpt)}
-    try:
-        info["step"] = checkpoint_step(ckpt)
-        run = RunFolder(ckpt.parent.parent)
-        info["run_steps"] = run.read_config().steps
-    except (OSError, ValueError, TypeError):
-        pass
-    return info
-
-
-def _torch_denoiser(model: Any, device: str) -> Any:
-    """Wrap a PyTorch denoiser so that it takes and returns NumPy arrays."""
-    import numpy as np
-    import torch
-
-    dev = torch.device(device)
-
-    def denoise(x: Any, t: Any) -> Any:
-        with torch.no_grad():
-            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-            tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.int64)).to(dev)
-            out = model(xt, tt)
-        return out.float().cpu().numpy().astype(x.dtype, copy=False)
-
-    return denoise
-
-
-def open_model(path: str, *, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
-    """``(denoiser, DiffusionConfig, info)`` for an .onnx file or a run/checkpoint folder.
-
-    An ONNX model runs through :class:`refdiff.runtime.OnnxDenoiser` (NumPy on the CPU, CuPy on
-    CUDA); a checkpoint through PyTorch (EMA weights), wrapped to take and return NumPy arrays.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such path.
-    ValueError
-        Not a model, or a run folder without a checkpoint (the message says how to finish it).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(
-            f"no such model: {path!r} (expected an exported .onnx file or a training run folder)"
-        )
-    if p.is_file():
-        if p.suffix.lower() != ".onnx":
-            raise ValueError(
-                f"{path!r} is not an .onnx file; give an exported model (`refdiff export`) or a "
-                "training run folder"
-            )
-        try:
-            from ..runtime import OnnxDenoiser
-
-            den = OnnxDenoiser(p, device=device)
-        except MissingDependency:
-            raise
-        except ImportError as exc:  # onnxruntime missing
-            raise MissingDependency(
-                f"evaluating an ONNX model needs onnxruntime: pip install 'refdiff[onnx]' ({exc})"
-            ) from exc
-        return den, den.diffusion, {"kind": "onnx", "path": str(p), "device": den.device}
-    info = _checkpoint_info(p)
-    try:
-        from ..training.checkpoint import load_model
-    except ImportError as exc:
-        raise MissingDependency(
-            "evaluating a PyTorch checkpoint needs PyTorch: pip install 'refdiff[torch]'; or "
-            f"export it (`refdiff export {path} --out model.onnx`) and evaluate the .onnx file "
-            f"({exc})"
-        ) from exc
-    model, diffusion = load_model(info["checkpoint"], ema=True, device=device)
-    info.update({"kind": "checkpoint", "path": str(p), "device": device, "weights": "ema"})
-    return _torch_denoiser(model, device), diffusion, info
 
 
 def read_samples(path: str) -> Any:
@@ -372,7 +284,16 @@ def run(args: argparse.Namespace) -> int:
     if args.plot_terms is not None:
         check_output_file(args.plot_terms, suffix=".png", what="--plot-terms plot")
     # Read every input before the long part, so a bad one fails fast.
-    denoiser, diffusion, model_info = open_model(args.model, device=args.device)
+    from ..models import open_model
+
+    opened = open_model(args.model, device=args.device)
+    if opened.denoiser is None:
+        raise ValueError(
+            f"{args.model!r} is a {opened.format} file: its sampler and network run inside the "
+            "graph, so there is no denoiser to score; evaluate the denoiser file or model it was "
+            "built from"
+        )
+    denoiser, diffusion, model_info = opened.denoiser, opened.diffusion, dict(opened.info)
     if "run_steps" in model_info and model_info["step"] < model_info["run_steps"]:
         print(
             f"note: the run is at step {model_info['step']} of {model_info['run_steps']}; "

@@ -13,6 +13,7 @@ from typing import Any
 from .._io import check_output_file
 from . import precision
 from ._argtypes import non_negative_float, positive_int_list
+from ._sampler_args import add_sampler_arguments, choose_sampler, sampler_flags_given
 
 __all__ = ["add_parser", "run_check", "run_export"]
 
@@ -30,6 +31,12 @@ examples:
       the file's diffusion settings (pip install "refdiff[diffusers]"; docs/diffusers.md)
   refdiff sample model.onnx --n 64 --out samples.png
       what to do next: sample from it, no PyTorch needed
+  refdiff export model.onnx --out gen.onnx --sampler dpmpp_2m --steps 10
+      a generator file: the denoiser and the whole sampler in one graph, seed and sample
+      indices in, images out (float32 and uint8), for onnxruntime in any language; and
+      gen-step.onnx, one step per call. Any sampler flag makes a generator; MODEL may be any
+      model (an .onnx file needs no PyTorch). Checked against the Python sampler after writing
+      (docs/generator.md)
 
 The file carries the model's diffusion settings in its metadata (see docs/onnx.md).
 """
@@ -44,6 +51,11 @@ examples:
       looser tolerances (defaults: 1e-4 for float32 files, 2e-2 for float16 ones)
   refdiff check cifar10.onnx ddpm-cifar10
       a file exported from a diffusers folder, against that folder's UNet
+  refdiff check gen.onnx model.onnx
+      a generator file: what it is (sampler, steps, plan), and its images against the Python
+      sampler on the model it was built from (any model format), for two seeds
+  refdiff check gen.onnx
+      a generator file alone: what it is, a run, and its step file (gen-step.onnx) against it
 """
 
 
@@ -82,6 +94,14 @@ def add_parser(subparsers: Any) -> None:
     precision.add_export_arguments(e)
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
+    add_sampler_arguments(e)
+    e.add_argument(
+        "--layout",
+        choices=("loop", "unrolled"),
+        default="loop",
+        help="a generator's steps as an ONNX Loop (one copy of the network; as fast as the "
+        "Python loop) or written out (default: loop; docs/generator.md)",
+    )
     e.set_defaults(func=run_export)
 
     c = subparsers.add_parser(
@@ -96,12 +116,15 @@ def add_parser(subparsers: Any) -> None:
         epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("model", help="the .onnx file")
+    c.add_argument("model", help="the .onnx file (a denoiser, or a generator file)")
     c.add_argument(
         "checkpoint",
         nargs="?",
+        default=None,
         help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
-        "pipeline or UNet folder; without it (and without --against), print what the file is",
+        "pipeline or UNet folder; for a generator file, optional: the model it was built from "
+        "(any format, its denoiser .onnx too); for a denoiser without it (and without "
+        "--against): print what the file is",
     )
     c.add_argument(
         "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
@@ -120,51 +143,35 @@ def add_parser(subparsers: Any) -> None:
     c.set_defaults(func=run_check)
 
 
-def _load_diffusers(path: str, ema: bool) -> tuple[Any, Any]:
-    if not ema:
+def _torch_model(path: str, no_ema: bool) -> Any:
+    """The model at ``path`` with its PyTorch module (export and check compare against it)."""
+    from ..models import open_model
+
+    model = open_model(path, ema=False if no_ema else None)
+    if model.module is None:
         raise ValueError(
-            f"--no-ema applies to refdiff checkpoints; the diffusers folder {path!r} holds one "
-            "set of weights"
+            f"{path!r} is an {model.format} file, not a PyTorch model: export and check take a "
+            "training run folder, a checkpoint folder or a diffusers folder"
         )
-    from ..export.diffusers import load_diffusers
-
-    loaded = load_diffusers(path, warn=False)
-    for note in loaded.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return loaded.model, loaded.diffusion
-
-
-def _load_model(checkpoint: str, ema: bool) -> tuple[Any, Any]:
-    from ..diffusers_config import is_diffusers_folder
-
-    if is_diffusers_folder(checkpoint):
-        return _load_diffusers(checkpoint, ema)
-    from ..training.checkpoint import load_model  # a missing torch: the CLI names the extra
-
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-    return load_model(checkpoint, ema=ema)
+    return model
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..diffusers_config import is_diffusers_folder
-    from ..export import ParityError, export_onnx, verify_onnx
-
     out = check_output_file(args.out, what="--out file")  # before the (long) export
+    if sampler_flags_given(args):  # a generator: from an .onnx file, no torch is needed
+        return _export_generator(args, out)
     if args.fp16 and args.precision not in (None, "float16"):
         raise ValueError(f"--fp16 contradicts --precision {args.precision}")
     args.precision = "float16" if args.fp16 else (args.precision or "float32")
     if args.checkpoint.endswith(".onnx"):
         return precision.variant_from_file(args, out)
-    model, diffusion = _load_model(args.checkpoint, ema=not args.no_ema)
+    from ..export import ParityError, export_onnx, verify_onnx
+    opened = _torch_model(args.checkpoint, args.no_ema)
+    model = opened.module
     if args.precision in precision.VARIANTS:
-        return precision.export_variant(args, model, diffusion, out)
-    weights = "raw" if args.no_ema else "EMA"
-    if is_diffusers_folder(args.checkpoint):
-        weights = "diffusers UNet2DModel"
-    print(f"exporting {args.checkpoint} ({weights} weights) to {out} ...", flush=True)
-    fp16 = args.precision == "float16"
-    export_onnx(model, diffusion, out, opset=args.opset, fp16=fp16)
+        return precision.export_variant(args, model, opened.diffusion, out)
+    print(f"exporting {opened.describe()} to {out} ...", flush=True)
+    export_onnx(model, opened.diffusion, out, opset=args.opset, fp16=args.precision == "float16")
     size = out.stat().st_size / 2**20
     dtype = args.precision
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
@@ -185,16 +192,19 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from ..export import ParityError, verify_onnx
+    from ..onnx_contract import METADATA_KEY, file_kind, read_metadata_props
 
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
     if args.against is not None:
         return precision.run_drift(args)
+    if file_kind(read_metadata_props(model_path).get(METADATA_KEY)) != "denoiser":
+        return _check_generator(args, model_path)
     if args.checkpoint is None:
         print(precision.describe_file(model_path))
         return 0
-    model, _ = _load_model(args.checkpoint, ema=not args.no_ema)
+    model = _torch_model(args.checkpoint, args.no_ema).module
     try:
         report = verify_onnx(
             model,
@@ -214,4 +224,109 @@ def run_check(args: argparse.Namespace) -> int:
         )
         return 1
     print(report.table())
+    return 0
+
+
+def _export_generator(args: argparse.Namespace, out: Path) -> int:
+    """``refdiff export MODEL --sampler ...``: a generator file and its step file."""
+    import tempfile
+
+    import onnx
+
+    from ..graph.generator import build_generator, build_step, save_model
+    from ..models import open_model
+    from ..runtime import OnnxDenoiser
+    from ..runtime.generator import OnnxGenerator, OnnxStepper, compare_with_python
+
+    step_out = check_output_file(out.with_name(out.stem + "-step.onnx"), what="step file")
+    opened = open_model(args.checkpoint, ema=False if args.no_ema else None)
+    if opened.format in ("generator", "step"):
+        raise ValueError(f"{args.checkpoint!r} is a {opened.format} file already; give the model")
+    choice = choose_sampler(args, opened.diffusion)  # before any work: a bad flag fails fast
+    if choice.spec.plan is None:
+        raise ValueError(
+            f"the {choice.name!r} sampler has no plan (its second network call per step is not "
+            "a fixed linear combination), so it cannot be written into a generator; choose "
+            "another --sampler"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        if opened.format == "onnx":
+            if args.fp16:
+                raise ValueError(
+                    f"--fp16 exports a float16 denoiser from a PyTorch model; {args.checkpoint!r} "
+                    "is an ONNX file: build from its float16 export, or from the checkpoint"
+                )
+            den_path = opened.path
+        else:
+            from ..export import export_onnx
+
+            print(f"exporting the denoiser of {opened.describe()} ...", flush=True)
+            den_path = export_onnx(
+                opened.module,
+                opened.diffusion,
+                Path(tmp) / "denoiser.onnx",
+                opset=args.opset,
+                fp16=args.fp16,
+            )
+        denoiser = onnx.load(str(den_path))
+        print(f"building a generator: {choice.describe()}, {args.layout} ...", flush=True)
+        save_model(build_generator(denoiser, choice, layout=args.layout), out)
+        save_model(build_step(denoiser, choice), step_out)
+        for path in (out, step_out):
+            print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        if args.no_verify:
+            return 0
+        gen = OnnxGenerator(out)
+        report = compare_with_python(gen, OnnxDenoiser(den_path))
+        print(report.report())
+        stepped = OnnxStepper(step_out).run(0, [0, 1])
+        step_diff = float(abs(stepped - gen.run(0, [0, 1])[0]).max())
+        print(f"step file run step by step vs the generator: max abs {step_diff:.2e}")
+    if not report.ok or step_diff > 1e-5:
+        print(
+            f"refdiff export: error: {out} does not match the Python sampler (kept)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _check_generator(args: argparse.Namespace, path: Path) -> int:
+    """``refdiff check gen.onnx [MODEL]``: what the file is, and it against the Python sampler."""
+    import numpy as np
+
+    from ..models import open_model
+    from ..plans import Plan
+    from ..runtime.generator import OnnxStepper, compare_with_python
+
+    opened = open_model(path)
+    meta = opened.generator.metadata
+    print(opened.describe())
+    print(Plan.from_dict(meta.plan).table())
+    if opened.format == "step":
+        raise ValueError(f"{path} is a step file; check the generator file it goes with")
+    gen = opened.generator
+    ok = True
+    if args.checkpoint is not None:
+        other = open_model(args.checkpoint, ema=False if args.no_ema else None)
+        if other.denoiser is None:
+            raise ValueError(f"{args.checkpoint!r} is a {other.format} file, not a model")
+        tol = args.rtol if args.rtol is not None else 1e-4
+        report = compare_with_python(
+            gen, other.denoiser, seeds=(args.seed, args.seed + 1), tolerance=tol
+        )
+        print(report.report())
+        ok = report.ok
+    else:
+        samples, _ = gen.run(args.seed, [0, 1])
+        print(f"ran 2 samples: finite, values in [{samples.min():.3f}, {samples.max():.3f}]")
+    step_path = path.with_name(path.stem + "-step.onnx")
+    if step_path.is_file():
+        stepped = OnnxStepper(step_path).run(args.seed, [0, 1])
+        diff = float(np.abs(stepped - gen.run(args.seed, [0, 1])[0]).max())
+        print(f"{step_path} step by step vs the generator: max abs {diff:.2e}")
+        ok = ok and diff <= 1e-5
+    if not ok:
+        print(f"refdiff check: error: {path} failed the check", file=sys.stderr)
+        return 1
     return 0

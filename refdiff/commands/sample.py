@@ -1,7 +1,8 @@
-"""``refdiff sample``: images from an exported ONNX model, on CPU or GPU, without PyTorch.
+"""``refdiff sample``: images from any model refdiff opens, on CPU or GPU; from an exported ONNX
+file without PyTorch.
 
 Imports nothing heavy at module level (``refdiff --help`` stays instant); onnxruntime, and CuPy on
-CUDA, are imported when the command runs. Never imports torch.
+CUDA, are imported when the command runs. Never imports torch for an ONNX file.
 """
 
 from __future__ import annotations
@@ -9,29 +10,39 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .._enums import Spacing
-from ..samplers import SAMPLERS
+from ..samplers import DEFAULT_SAMPLER, SAMPLERS
 from ._argtypes import non_negative_int, positive_int
+from ._sampler_args import add_sampler_arguments, choose_sampler, sampler_table
 
 __all__ = ["add_parser", "run"]
 
-EPILOG = """\
+_DEFAULT = SAMPLERS[DEFAULT_SAMPLER]
+
+EPILOG = f"""\
 examples:
   refdiff sample model.onnx --n 64 --out samples.png
-      64 samples with DDPM over all the model's steps, on the CPU; writes samples.png (a grid)
-      and samples.npz (the uint8 images, their global indices and the seed)
-  refdiff sample model.onnx --n 64 --sampler ddim --steps 50 --eta 0 --out samples.png
-      deterministic DDIM with 50 evenly spaced steps
-  refdiff sample model.onnx --n 64 --sampler dpmpp_2m --steps 20 --spacing logsnr
-      DPM-Solver++(2M) with 20 network calls on steps uniform in log-SNR
-  refdiff sample model.onnx --n 50000 --sampler ddim --steps 100 --device cuda --batch-size 500
-      on an NVIDIA GPU (pip install 'refdiff[cuda12]' or 'refdiff[cuda13]')
+      64 samples with the default sampler ({DEFAULT_SAMPLER}, {_DEFAULT.default_steps} steps: as good
+      as DDPM over every step on the digits model, docs/samplers.md), on the CPU; writes
+      samples.png (a grid) and samples.npz (the uint8 images, their global indices, the seed)
+  refdiff sample model.onnx --n 64 --sampler ddpm --out samples.png
+      ancestral DDPM over all the model's steps, the reference
+  refdiff sample model.onnx --n 64 --sampler ddim --steps 50 --eta 0.5
+      DDIM with 50 evenly spaced steps and some noise
+  refdiff sample model.onnx --n 64 --sampler dpmpp_3m --steps 10
+      DPM-Solver++(3M) with 10 network calls, on steps uniform in log-SNR (its spacing)
+  refdiff sample runs/digits --n 16
+      a training run folder (or a diffusers pipeline folder) works too, through PyTorch
+  refdiff sample model.onnx --n 50000 --device cuda --batch-size 500
+      on an NVIDIA GPU (pip install 'refdiff[cuda12]' or 'refdiff[cuda13]'); the update of
+      every sampler but heun runs as one fused CUDA kernel per step
   refdiff sample model.onnx --n 50000 --shard 2/8 --out shard2.png
       shard 2 (counted from 0) of 8: samples 12500..18749 of the 50000-sample run; the 8 shards
       together are exactly the unsharded run, whatever --batch-size each uses
 
 Every sample is a pure function of (--seed, its global index): batch size, shards and device
 change nothing but the speed (and float rounding between CPU and GPU).
+
+{sampler_table()}
 """
 
 
@@ -47,53 +58,25 @@ def _shard(text: str) -> tuple[int, int]:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sample",
-        help="sample images from an exported ONNX model (no PyTorch needed)",
+        help="sample images from a model (an exported ONNX file needs no PyTorch)",
         description=(
-            "Draw samples from a model exported by `refdiff export`. The model file carries its "
-            "diffusion settings (schedule, parameterisation, image shape), so nothing else is "
-            "needed: no checkpoint, no PyTorch. Runs on the CPU (onnxruntime) or on an NVIDIA GPU "
-            "(onnxruntime-gpu + CuPy)."
+            "Draw samples from a model: an .onnx file exported by `refdiff export` (it carries "
+            "its diffusion settings, so nothing else is needed: no checkpoint, no PyTorch), a "
+            "training run folder or a diffusers pipeline folder (through PyTorch). Runs on the "
+            "CPU (onnxruntime) or on an NVIDIA GPU (onnxruntime-gpu + CuPy)."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="the .onnx file written by `refdiff export`")
+    p.add_argument(
+        "model",
+        help="an .onnx file written by `refdiff export`, a training run folder or checkpoint, "
+        "or a diffusers pipeline folder",
+    )
     p.add_argument(
         "--n", type=positive_int, default=64, help="samples in the whole run (default: 64)"
     )
-    p.add_argument(
-        "--sampler",
-        choices=tuple(SAMPLERS),
-        default="ddpm",
-        help=(
-            "ddpm: ancestral sampling (Ho et al.); ddim: DDIM with --eta; euler, heun: the "
-            "probability-flow ODE (Karras et al.; heun calls the model 2 x steps - 1 times); "
-            "dpmpp_2m, dpmpp_3m, dpmpp_2m_sde: DPM-Solver++ (Lu et al.), on the digits model as "
-            "good in 10 steps as ddpm in 200 (docs/samplers.md) (default: ddpm)"
-        ),
-    )
-    p.add_argument(
-        "--steps",
-        type=positive_int,
-        default=None,
-        help="sampling steps, picked by --spacing; at most the model's T (default: T)",
-    )
-    p.add_argument(
-        "--spacing",
-        choices=tuple(s.value for s in Spacing),
-        default=None,
-        help=(
-            "which of the model's timesteps --steps picks: even (evenly spaced), logsnr (uniform "
-            "in log-SNR), karras (Karras et al.'s sigma spacing, rho = 7) (default: logsnr for "
-            "dpmpp_3m, which needs it, even for the others)"
-        ),
-    )
-    p.add_argument(
-        "--eta",
-        type=float,
-        default=0.0,
-        help="DDIM stochasticity: 0 deterministic, 1 DDPM-like (default: 0; ddim only)",
-    )
+    add_sampler_arguments(p)
     p.add_argument(
         "--device",
         default="cpu",
@@ -125,51 +108,41 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import OnnxDenoiser
-    from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
-    from ..samplers import recommended_spacing
+    import json
 
-    if args.sampler != "ddim" and args.eta != 0:
-        raise ValueError(
-            f"--eta applies to --sampler ddim only, got --eta {args.eta} with {args.sampler}"
-        )
+    import numpy as np
+
+    from ..models import open_model
+    from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
+
     start, stop = shard_range(args.n, args.shard)  # checks n against the shard count
     png, npz = check_output_path(args.out)  # before the (long) sampling, not after
-    denoiser = OnnxDenoiser(args.model, device=args.device)
-    T = denoiser.diffusion.num_timesteps
-    steps = args.steps if args.steps is not None else T
-    if steps > T:
-        raise ValueError(f"--steps {steps} is more than the model's T = {T} steps (choose 1..{T})")
-    where = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]})"
+    model = open_model(args.model, device=args.device)
+    if model.format in ("generator", "step"):
+        return _run_generator(args, model, png, start, stop)
+    choice = choose_sampler(args, model.diffusion)
+    den = model.denoiser
+    where = f"ONNX via {den.providers[0]}" if model.format == "onnx" else "PyTorch"
+    print(f"{model.describe()}; on {args.device} ({where})")
+    shard = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]})"
     print(
-        f"{denoiser.path}: {denoiser.metadata.dtype} model, T = {T}, "
-        f"{denoiser.diffusion.prediction} prediction, {denoiser.diffusion.variance} variance; "
-        f"on {denoiser.device} via {denoiser.providers[0]}"
-    )
-    spacing = args.spacing or recommended_spacing(args.sampler).value
-    print(
-        f"sampling {stop - start} of {args.n} samples{where} with {args.sampler}, {steps} steps"
-        + ("" if steps == T else f" ({spacing} spacing)")
+        f"sampling {stop - start} of {args.n} samples{shard} with {choice.describe()}: "
+        f"{choice.network_calls} network calls per sample"
     )
     images = sample_images(
-        denoiser,
+        den,
         args.n,
-        sampler=args.sampler,
-        steps=args.steps,
-        spacing=spacing,
-        eta=args.eta,
+        sampler=choice,
         seed=args.seed,
         shard=args.shard,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    import numpy as np
-
-    info = {
-        "sampler": args.sampler,
-        "steps": steps,
-        "spacing": spacing,
-        "eta": args.eta,
+    info: dict[str, Any] = {
+        "sampler": choice.name,
+        "steps": choice.steps,
+        "spacing": choice.spacing.value,
+        "options": json.dumps(dict(choice.options), sort_keys=True),
         "n": args.n,
         "model": str(args.model),
     }
@@ -184,4 +157,55 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {png} (grid of {images.shape[0]}) and {npz} (images, indices {start}..{stop - 1}, seed)"
     )
+    return 0
+
+
+def _run_generator(args: argparse.Namespace, model: Any, png: Any, start: int, stop: int) -> int:
+    """A generator file runs as it is: its sampler, steps and options are inside the graph."""
+    import json
+
+    import numpy as np
+
+    from ..runtime.sampling import save_samples
+    from ._sampler_args import sampler_flags_given
+
+    if model.format == "step":
+        raise ValueError(
+            f"{args.model!r} is a step file (one sampler step per call, for hosts that show "
+            "progress); `refdiff sample` runs the generator file beside it"
+        )
+    meta = model.generator.metadata
+    given = sampler_flags_given(args)
+    if given:
+        raise ValueError(
+            f"{args.model!r} is a generator file whose sampler is built in ({meta.describe()}); "
+            f"{', '.join(given)} cannot change it: export another generator, or sample the "
+            "denoiser file"
+        )
+    print(model.describe())
+    shard = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]})"
+    print(f"sampling {stop - start} of {args.n} samples{shard} with the file's sampler")
+    from tqdm.auto import tqdm
+
+    with tqdm(total=stop - start, unit="sample", disable=args.no_progress) as bar:
+        images = model.generator.sample_images(
+            args.n,
+            seed=args.seed,
+            shard=args.shard,
+            batch_size=args.batch_size,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    s = meta.sampler
+    info = {
+        "sampler": s["sampler"],
+        "steps": s["steps"],
+        "spacing": s["spacing"],
+        "options": json.dumps(s.get("options", {}), sort_keys=True),
+        "n": args.n,
+        "model": str(args.model),
+    }
+    save_samples(
+        images, png, indices=np.arange(start, stop), seed=args.seed, info=info, nrow=args.nrow
+    )
+    print(f"wrote {png} (grid of {images.shape[0]}) and {png.with_suffix('.npz')}")
     return 0

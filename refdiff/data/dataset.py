@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int
+
 __all__ = [
     "SPLITS",
     "ImageDataset",
@@ -105,9 +107,7 @@ def check_split(split: object) -> str:
 
 
 def check_nonneg_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
-    return int(value)
+    return check_int(value, what, minimum=0)
 
 
 def existing_path(path: str | os.PathLike[str]) -> Path:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._checks import check_int
 from .._deps import require
 from .dataset import ImageDataset, existing_path
 
@@ -126,10 +127,8 @@ def load_image_folder(
         raise ValueError(f"not a folder: {str(folder)!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
-    ):
-        raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if image_size is not None:
+        check_int(image_size, "image_size (or None)", minimum=1)
 
     files = _image_files(folder)
     if not files:

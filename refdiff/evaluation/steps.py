@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_int
 from .._enums import Spacing
 from ..runtime.sampling import sample_array, to_uint8
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, get_sampler
 from ..settings import Diffusion
 from .quality import digits_sample_quality
 
@@ -40,13 +41,9 @@ DEFAULT_CALLS = (5, 10, 20, 50, 200)
 
 
 def steps_for_calls(sampler: str, calls: int) -> int:
-    """The most steps of ``sampler`` that fit in ``calls`` network calls: ``calls`` for all but
-    Heun, (calls + 1) // 2 for Heun (2·steps - 1 calls)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
-    if isinstance(calls, bool) or not isinstance(calls, (int, np.integer)) or calls < 1:
-        raise ValueError(f"a budget of network calls must be an int >= 1, got {calls!r}")
-    return (int(calls) + 1) // 2 if sampler == "heun" else int(calls)
+    """The most steps of ``sampler`` that fit in ``calls`` network calls (its registry entry's
+    count: ``calls`` for all but Heun, (calls + 1) // 2 for Heun's 2·steps - 1 calls)."""
+    return get_sampler(sampler).steps_for_calls(calls)
 
 
 class _CountedCalls:
@@ -68,14 +65,14 @@ class _CountedCalls:
 def quality_vs_steps(
     denoiser: Callable[[Any, Any], Any],
     diffusion: Diffusion,
-    samplers: Sequence[str] = ("ddpm", "ddim", "dpmpp_2m", "heun"),
+    samplers: Sequence[str] | None = None,
     calls: Iterable[int] = DEFAULT_CALLS,
     *,
     n: int = 500,
     seed: int = 0,
     train: Any,
     test: Any,
-    spacing: str | Mapping[str, str] = "even",
+    spacing: str | Mapping[str, str] | None = None,
     repeats: int = 1,
     batch_size: int = 500,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -89,8 +86,8 @@ def quality_vs_steps(
         the indices of the model's own schedule; an :class:`~refdiff.runtime.OnnxDenoiser`.
     diffusion : Diffusion
         The model's settings (image shape (1, 8, 8): the digits).
-    samplers : sequence of str
-        Names in :data:`refdiff.SAMPLERS`.
+    samplers : sequence of str, optional
+        Names in :data:`refdiff.SAMPLERS` (default: every registered sampler).
     calls : iterable of int
         Budgets of network calls; each must allow at most T steps.
     n, seed : int
@@ -102,9 +99,9 @@ def quality_vs_steps(
         (docs/samplers.md), so a comparison at the 10 % level needs several.
     train, test : numpy.ndarray or ImageDataset
         The digits' training and held-out splits (:func:`digits_sample_quality`).
-    spacing : str or mapping
-        The step spacing (:func:`refdiff.select_timesteps`) of every sampler, or per sampler
-        (``even`` for a sampler the mapping does not name).
+    spacing : str or mapping, optional
+        The step spacing (:func:`refdiff.select_timesteps`) of every sampler, or per sampler;
+        a sampler given none runs on its registry entry's spacing.
     batch_size : int
         Samples per denoiser call (memory only: the samples do not depend on it).
     progress : callable, optional
@@ -119,22 +116,19 @@ def quality_vs_steps(
         ``fd``, ``fd_relative``, ``fd_floor``, ``fd_ceiling``, ``confidence`` and
         ``class_coverage``, ``fd_std`` and ``seconds``.
     """
-    budgets = sorted({int(c) for c in calls})
-    for name in samplers:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"n must be an int >= 2 (a Fréchet distance needs 2 samples), got {n!r}")
-    for what, value in (("batch_size", batch_size), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    spacings = _spacings(samplers, spacing)
+    budgets = sorted({check_int(c, "a budget of network calls", minimum=1) for c in calls})
+    specs = [get_sampler(name) for name in (SAMPLERS if samplers is None else samplers)]
+    check_int(n, "n (a Fréchet distance needs 2 samples)", minimum=2)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(repeats, "repeats", minimum=1)
+    spacings = _spacings(specs, spacing)
     T = diffusion.num_timesteps
     counted = _CountedCalls(denoiser, diffusion)
     rows = []
-    for name in samplers:
+    for spec in specs:
+        name = spec.name
         for budget in budgets:
-            steps = steps_for_calls(name, budget)
+            steps = spec.steps_for_calls(budget)
             if steps > T:
                 raise ValueError(
                     f"a budget of {budget} network calls is {steps} steps of {name!r}, more than "
@@ -186,10 +180,11 @@ def _score_run(counted, name, steps, spacing, n, seed, batch_size, train, test) 
     return {"calls": counted.calls // math.ceil(n / batch_size), **{k: q[k] for k in _SCORES}}
 
 
-def _spacings(samplers: Sequence[str], spacing: str | Mapping[str, str]) -> dict[str, str]:
+def _spacings(specs: Sequence[Any], spacing: str | Mapping[str, str] | None) -> dict[str, str]:
     if isinstance(spacing, str):
-        return {name: Spacing.parse(spacing).value for name in samplers}
-    return {name: Spacing.parse(spacing.get(name, "even")).value for name in samplers}
+        return {s.name: Spacing.parse(spacing).value for s in specs}
+    given = spacing or {}
+    return {s.name: Spacing.parse(given.get(s.name, s.spacing)).value for s in specs}
 
 
 def calls_to_match(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._array import to_host
+from .._checks import check_int
 from ..oracle import GaussianMixture
 from ..settings import Diffusion
 from ._arrays import mean_and_stderr
@@ -136,8 +137,7 @@ def toy_bound_gap(
         gap in bits per dimension), ``prior_bpd``.
     """
     oracle = _mixture(mixture)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    n = check_int(n, "n", minimum=2)
     shape = tuple(diffusion.image_shape)
     if math.prod(shape) != oracle.dim:
         raise ValueError(

@@ -190,7 +190,8 @@ class TrainConfig:
     sampler : str
         A name of :data:`refdiff.SAMPLERS` (``ddpm``, ``ddim``, ``dpmpp_2m``, ``heun``, ...).
     sample_steps : int or None
-        Steps of the sampler (respaced schedule); None: all T.
+        Steps of the sampler (respaced schedule); None: the sampler's default steps
+        (its registry entry: all T for ddpm).
     num_samples : int
         Images in each sample grid.
     """

@@ -3,7 +3,7 @@
 :func:`inner_outputs` lists the outputs of the convolutions and matrix products of one file that
 another file has too (a variant keeps the tensor names of the float32 file it was made from);
 :func:`open_with_outputs` runs a file with those tensors as extra outputs, on the engine its
-precision names (onnxruntime, or OpenVINO for bfloat16). Needs the onnx package (the ``torch``
+precision names (onnxruntime, or OpenVINO for bfloat16). Needs the onnx package (the ``onnx``
 extra) to edit the graph's outputs; no torch.
 """
 
@@ -25,7 +25,7 @@ LAYER_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def _onnx() -> Any:
-    return require("onnx", "torch", "per-layer drift (reading the graph)")
+    return require("onnx", "onnx", "per-layer drift (reading the graph)")
 
 
 def inner_outputs(

@@ -15,7 +15,6 @@ No torch here, nor anywhere this module imports.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._array import to_host
+from .._checks import check_int
+from .._enums import Spacing
 from .._io import check_output_file, make_dir, write_npz
-from ..samplers import SAMPLERS, Callback, recommended_spacing
+from ..sampler_loop import Callback
+from ..sampler_registry import SamplerChoice, SamplerSpec
 from ..settings import Diffusion
 
 __all__ = [
@@ -51,14 +53,6 @@ class Denoiser(Protocol):
     def __call__(self, x: Any, t: Any) -> Any: ...
 
 
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
     """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``; ``None`` stays ``None``.
 
@@ -78,8 +72,8 @@ def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
             k, n = spec
         except (TypeError, ValueError):
             raise ValueError(f"shard must be (K, N) or 'K/N', got {spec!r}") from None
-        k = _check_int(k, "shard index K", 0)
-        n = _check_int(n, "shard count N", 1)
+        k = check_int(k, "shard index K", minimum=0)
+        n = check_int(n, "shard count N", minimum=1)
     if n < 1:
         raise ValueError(f"shard count N must be >= 1, got {spec!r}")
     if not 0 <= k < n:
@@ -91,7 +85,7 @@ def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
 
 def shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
     """The global sample indices ``[start, stop)`` of ``shard`` in a run of ``n`` samples."""
-    n = _check_int(n, "the number of samples n", 1)
+    n = check_int(n, "the number of samples n", minimum=1)
     if shard is None:
         return 0, n
     k, count = parse_shard(shard)  # type: ignore[misc]
@@ -123,55 +117,37 @@ def sample_array(
     denoiser: Denoiser,
     n: int,
     *,
-    sampler: str = "ddpm",
+    sampler: str | SamplerSpec | SamplerChoice | None = None,
     steps: int | None = None,
-    spacing: str | None = None,
-    eta: float = 0.0,
+    spacing: str | Spacing | None = None,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
     batch_size: int = 64,
     progress: bool = True,
     callback: Callback | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Samples as a float32 NumPy array ``[n_shard, C, H, W]`` in the model's data range.
 
     The arguments are those of :func:`sample_images`, which quantises this result to uint8.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
-    n = _check_int(n, "the number of samples n", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    if (
-        isinstance(eta, bool)
-        or not isinstance(eta, (int, float))
-        or not math.isfinite(eta)
-        or eta < 0
-    ):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    if sampler != "ddim" and eta != 0:
-        raise ValueError(
-            f"eta applies to the 'ddim' sampler only, got eta = {eta} with {sampler!r}"
-        )
-    shard = parse_shard(shard)
-    start, stop = shard_range(n, shard)
     d: Diffusion = denoiser.diffusion
-    if spacing is None:
-        spacing = recommended_spacing(sampler)
-    schedule = d.sampling_schedule(steps, spacing)
+    choice = d.choose_sampler(sampler, steps, spacing, **options)
+    n = check_int(n, "the number of samples n", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    start, stop = shard_range(n, parse_shard(shard))
     xp = getattr(denoiser, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
-    options: dict[str, Any] = {"eta": float(eta)} if sampler == "ddim" else {}
-    n_steps = schedule.num_timesteps
     chunks = [(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
     out = np.empty((stop - start, *d.image_shape), dtype=np.float32)
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=len(chunks) * n_steps,
+        total=len(chunks) * choice.steps,
         disable=not progress,
         unit="step",
-        desc=f"{sampler}, {n_steps} steps, {stop - start} samples",
+        desc=f"{choice.name}, {choice.steps} steps, {stop - start} samples",
         dynamic_ncols=True,
     )
     scope = getattr(denoiser, "device_scope", contextlib.nullcontext)
@@ -187,15 +163,12 @@ def sample_array(
             x = d.sample(
                 denoiser,
                 hi - lo,
-                sampler=sampler,
-                steps=steps,
-                spacing=spacing,
+                sampler=choice,
                 seed=seed,
                 sample_indices=indices,
                 xp=xp,
                 dtype=xp.float32,
                 callback=step_done,
-                **options,
             )
             out[lo - start : hi - start] = to_host(x)
     return out
@@ -205,15 +178,15 @@ def sample_images(
     denoiser: Denoiser,
     n: int,
     *,
-    sampler: str = "ddpm",
+    sampler: str | SamplerSpec | SamplerChoice | None = None,
     steps: int | None = None,
-    spacing: str | None = None,
-    eta: float = 0.0,
+    spacing: str | Spacing | None = None,
     seed: int = 0,
     shard: tuple[int, int] | str | None = None,
     batch_size: int = 64,
     progress: bool = True,
     callback: Callback | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Draw samples ``shard`` of a run of ``n`` and return them as uint8 ``[n_shard, C, H, W]``.
 
@@ -223,21 +196,14 @@ def sample_images(
         Usually an :class:`~refdiff.runtime.OnnxDenoiser`; its ``xp`` picks NumPy or CuPy.
     n : int
         Samples of the whole run (all shards together), >= 1.
-    sampler : str
-        One of :data:`refdiff.SAMPLERS`: ``ddpm`` (ancestral, Ho et al.), ``ddim`` (Song et al.,
-        stochasticity ``eta``), ``euler`` and ``heun`` (the probability-flow ODE, Karras et al.),
-        ``dpmpp_2m``, ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++, Lu et al.).
+    sampler : str or SamplerChoice, optional
+        A name in :data:`refdiff.SAMPLERS` (default :data:`refdiff.DEFAULT_SAMPLER`), or a choice
+        made by :meth:`refdiff.Diffusion.choose_sampler` (then no steps, spacing or options).
     steps : int, optional
-        Sampling steps; default T, the model's own. Fewer steps respace the schedule
-        (:func:`~refdiff.select_timesteps`); works for every sampler. Heun calls the model
-        2·steps - 1 times.
+        Sampling steps, 1 … T; default: the sampler's ``default_steps`` (DDPM: all T). Fewer steps
+        than T respace the schedule (:func:`~refdiff.select_timesteps`).
     spacing : {"even", "logsnr", "karras"}, optional
-        Which training timesteps ``steps`` picks: evenly spaced, uniform in log-SNR, or Karras
-        et al.'s σ spacing (ρ = 7). Default: the sampler's
-        :func:`refdiff.samplers.recommended_spacing` (``logsnr`` for ``dpmpp_3m``, ``even`` for
-        the others).
-    eta : float
-        DDIM's η (0: deterministic; 1: DDPM-like noise). Must be 0 for the other samplers.
+        Which training timesteps ``steps`` picks; default: the sampler's (its registry entry).
     seed : int
         The noise seed; sample ``i`` depends only on (seed, i), never on batch size or shard.
     shard : (K, N) or "K/N", optional
@@ -248,6 +214,9 @@ def sample_images(
         Show a tqdm progress bar (on stderr) counting sampler steps.
     callback : callable, optional
         ``callback(i, t, x, pred_x0)`` after every step of every chunk.
+    **options
+        The sampler's options (``eta`` for ``ddim`` and ``dpmpp_2m_sde``, ...: its registry
+        entry's ``options``); another sampler's option is an error.
 
     Returns
     -------
@@ -260,12 +229,12 @@ def sample_images(
         sampler=sampler,
         steps=steps,
         spacing=spacing,
-        eta=eta,
         seed=seed,
         shard=shard,
         batch_size=batch_size,
         progress=progress,
         callback=callback,
+        **options,
     )
     return to_uint8(floats, denoiser.diffusion.data_range)
 

@@ -235,7 +235,8 @@ class Trainer:
         (``trajectory`` frames, None if 0)."""
         cfg, d = self.config, self.diffusion
         num = cfg.num_samples if num is None else num
-        steps = d.sampling_schedule(cfg.sample_steps).num_timesteps
+        choice = d.choose_sampler(cfg.sampler, cfg.sample_steps)
+        steps = choice.steps
         keep_at = (
             set(np.linspace(0, steps - 1, trajectory).round().astype(int).tolist())
             if trajectory
@@ -259,8 +260,7 @@ class Trainer:
         x = d.sample(
             self.state.denoiser(),
             num,
-            sampler=cfg.sampler,
-            steps=cfg.sample_steps,
+            sampler=choice,
             seed=derive_seed(cfg.seed, Purpose.SAMPLES),
             xp=xpt,
             dtype=torch.float32,
