@@ -61,6 +61,17 @@ class BoundResult(NamedTuple):
 
     ``total_bpd`` [B] = ``prior_bpd`` [B] + Σ_t ``terms_bpd`` [B, T]; ``x0_mse`` [B, T] is the
     model's x_0 error at each step (a diagnostic, as in improved DDPM's ``calc_bpd_loop``).
+
+    Attributes
+    ----------
+    total_bpd : array [B]
+        The bound, per example, in bits/dim.
+    prior_bpd : array [B]
+        The prior term L_T.
+    terms_bpd : array [B, T]
+        L_{t-1} for index t = 0 … T-1 (column 0 is the decoder term L_0).
+    x0_mse : array [B, T]
+        Mean squared error of the model's x̂_0 at each index.
     """
 
     total_bpd: Array
@@ -133,6 +144,42 @@ def variational_bound(
     Evaluates all T terms (Ho et al. eq. 5; improved DDPM's ``calc_bpd_loop``): the prior L_T in
     closed form, and for each index t the KL (t > 0) or decoder NLL (t = 0) at
     x_t = q_sample(x_0, t, ε) with ε drawn from the counter-based generator at (seed, sample, t).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule (respaced or not).
+    denoiser : callable
+        ``denoiser(x_t, t) -> model_output`` on arrays of ``x_start``'s backend: x_t [B, C, ...],
+        t int64 [B] in the model's own schedule, output [B, C, ...] (or [B, 2C, ...] for a
+        learned variance) of x_t's dtype.
+    x_start : array [B, C, ...]
+        Data x_0, real floating; within ``data_range`` for the discretized decoder.
+    prediction : Prediction or str
+        What the denoiser's mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"``.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the reverse mean.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+    seed : int
+        Seed of the counter-based noise (a non-negative 64-bit integer).
+    sample_indices : integer array [B], optional
+        Each example's global index in the noise stream (default 0 … B-1), so that an example's
+        result does not depend on the batch it is in.
+    progress : callable, optional
+        Called as ``progress(done, T)`` after each of the T denoiser calls.
+
+    Returns
+    -------
+    BoundResult
+        The bound and its terms per example in bits/dim (``total_bpd`` [B], ``prior_bpd`` [B],
+        ``terms_bpd`` [B, T], ``x0_mse`` [B, T]), of ``x_start``'s backend and dtype.
     """
     settings = (prediction, variance, decoder, clip_denoised, data_range, num_bins)
     xp, _, term = _prepare(schedule, denoiser, x_start, settings, seed, sample_indices)
@@ -154,9 +201,21 @@ def variational_bound(
 class MonteCarloBound(NamedTuple):
     """An unbiased estimate of the bound per example (bits/dim) and its standard error.
 
-    ``stderr_bpd`` [B] comes from ``groups`` pairs of neighbouring strata per example (their
-    degrees of freedom); ``exact_timesteps`` are the indices computed exactly for every example
-    (the decoder L_0 first); an example costs ``len(exact_timesteps) + num_draws`` network calls.
+    Attributes
+    ----------
+    estimate_bpd : array [B]
+        The estimate per example, in bits/dim.
+    stderr_bpd : array [B]
+        Its standard error over the timestep draws, from ``groups`` pairs of neighbouring strata
+        per example (its degrees of freedom).
+    num_draws : int
+        The number of timesteps drawn per example.
+    exact_timesteps : tuple of int
+        The indices computed exactly for every example (the decoder L_0 first): an example
+        costs ``len(exact_timesteps) + num_draws`` network calls (just the first when every term
+        is exact).
+    groups : int
+        The pairs of strata the standard error comes from (0 when every term is exact).
     """
 
     estimate_bpd: Array
@@ -273,7 +332,47 @@ def variational_bound_mc(
     ``timestep_probs`` (length T, positive, summing to 1; its entries at the exact indices are
     unused) replaces the schedule's proposal, e.g. one fitted on a pilot run. The draws
     are counter-based (seed, sample index, step T + k), so an example's estimate depends only on
-    (seed, sample index). ``progress(i, n)`` is called after each of the n network calls.
+    (seed, sample index).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule (respaced or not).
+    denoiser : callable
+        ``denoiser(x_t, t) -> model_output`` on arrays of ``x_start``'s backend: x_t [B, C, ...],
+        t int64 [B] in the model's own schedule, output [B, C, ...] (or [B, 2C, ...] for a
+        learned variance) of x_t's dtype.
+    x_start : array [B, C, ...]
+        Data x_0, real floating; within ``data_range`` for the discretized decoder.
+    num_draws : int
+        Timesteps drawn per example besides the exact terms (at least 2, for a standard error).
+    timestep_probs : float array [T], optional
+        The proposal p(t); positive and summing to 1. None: the schedule's (:func:`mc_plan`).
+    prediction : Prediction or str
+        What the denoiser's mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"``.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the reverse mean.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+    seed : int
+        Seed of the counter-based noise (a non-negative 64-bit integer).
+    sample_indices : integer array [B], optional
+        Each example's global index in the noise stream (default 0 … B-1), so that an example's
+        result does not depend on the batch it is in.
+    progress : callable, optional
+        ``progress(i, n)`` after each of the n network calls.
+
+    Returns
+    -------
+    MonteCarloBound
+        ``estimate_bpd`` [B] and ``stderr_bpd`` [B] in bits/dim, of ``x_start``'s backend and
+        dtype, ``num_draws``, ``exact_timesteps`` and ``groups``.
     """
     plan = mc_plan(schedule, num_draws, timestep_probs, check_data_range(data_range))
     T = schedule.num_timesteps
@@ -361,7 +460,7 @@ def _stratified(
     for k in range(num_draws):
         # stratum k of the proposal's CDF; a contiguous copy: torch's searchsorted warns on strided
         u = xp.astype(uniform_open(seed, idx, T + k, 1, xp, dev)[:, 0], xp.float64, copy=True)
-        pos = xp.minimum(xp.searchsorted(cdf_x, (k + u) / num_draws), plan.tail.size - 1)
+        pos = xp.clip(xp.searchsorted(cdf_x, (k + u) / num_draws), None, plan.tail.size - 1)
         bpd = term_bpd(xp.astype(xp.take(tail_x, pos, axis=0), xp.int64))
         draws.append(bpd / xp.astype(xp.take(probs_x, pos, axis=0), bpd.dtype))
         called()

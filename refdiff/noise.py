@@ -154,6 +154,12 @@ def standard_normal(
     xp, dtype, device
         Backend namespace (``numpy``, ``torch``, ... or their ``array_api_compat`` wrappers; see
         :func:`refdiff._array.as_namespace`), output dtype (default float64) and device.
+
+    Returns
+    -------
+    array
+        ``[B, *shape]`` N(0, 1) draws (Box–Muller in float64 on Philox uniforms), of ``xp`` on
+        ``device``.
     """
     xp = as_namespace(xp)
     d = math.prod(shape)

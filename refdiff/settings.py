@@ -355,7 +355,7 @@ class Diffusion:
         fused: bool | None = None,
         **options: Any,
     ) -> Array:
-        """``n`` samples [n, *image_shape] with the sampler ``sampler`` (default
+        """``n`` samples ``[n, *image_shape]`` with the sampler ``sampler`` (default
         :data:`refdiff.samplers.DEFAULT_SAMPLER`) over ``steps`` training timesteps picked by
         ``spacing`` (defaults: the sampler's; :meth:`choose_sampler`), with its ``options``
         (``eta`` for DDIM, ...). The run settings (seed, sample_indices, xp, dtype, device,

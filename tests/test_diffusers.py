@@ -11,8 +11,10 @@ diffusers through ``variance_noise`` for DDIM and through its ``randn_tensor`` f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 import sys
 import typing
 import warnings
@@ -29,6 +31,7 @@ pytest.importorskip("onnxruntime")
 import array_api_compat.numpy as npx  # noqa: E402
 import diffusers.schedulers.scheduling_ddpm as diffusers_ddpm  # noqa: E402
 from blocking import run_blocked_json  # noqa: E402
+from conftest import read_npz  # noqa: E402
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 from refdiff.export import (  # noqa: E402
     DiffusersDenoiser,
@@ -688,8 +691,31 @@ def test_eval_and_sample_open_a_diffusers_folder_directly(exported, tmp_path, ca
     args = ["--n", "2", "--sampler", "ddim", "--steps", "4", "--no-progress"]
     assert main(["sample", str(folder), *args, "--out", str(tmp_path / "f.png")]) == 0
     assert main(["sample", str(path), *args, "--out", str(tmp_path / "o.png")]) == 0
-    f, o = (np.load(tmp_path / n)["images"].astype(int) for n in ("f.npz", "o.npz"))
+    f, o = (read_npz(tmp_path / n)["images"].astype(int) for n in ("f.npz", "o.npz"))
     assert np.abs(f - o).max() <= 1  # the same samples but for values on a rounding boundary
+
+
+def test_a_diffusers_folders_fingerprint_is_its_files_manifest(exported, tmp_path):
+    from refdiff.models import open_model
+
+    folder, _ = exported["learned_range"]
+    files = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ]
+    manifest = "".join(
+        f"{hashlib.sha256((folder / f).read_bytes()).hexdigest()}  {f}\n" for f in files
+    )
+    m = open_model(folder)
+    assert m.fingerprint == hashlib.sha256(manifest.encode()).hexdigest()
+    assert open_model(exported["learned"][0]).fingerprint != m.fingerprint
+    # another schedule, the same weights: another model
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    _edit_json(copy / "scheduler" / "scheduler_config.json", beta_end=0.03)
+    assert open_model(copy).fingerprint != m.fingerprint
 
 
 @pytest.mark.slow
@@ -711,7 +737,8 @@ def test_the_ddpm_cifar10_pipeline_goes_through_export_sample_and_eval(tmp_path)
     den = OnnxDenoiser(tmp_path / "cifar10.onnx")
     assert den.diffusion.image_shape == (3, 32, 32) and den.diffusion.num_timesteps == 1000
     assert den.metadata.model["config"]["block_out_channels"] == [128, 256, 256, 256]
-    assert np.load(tmp_path / "samples.npz")["images"].shape == (4, 3, 32, 32)
+    with np.load(tmp_path / "samples.npz") as samples:
+        assert samples["images"].shape == (4, 3, 32, 32)
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["bits_per_dim"]["bpd_mc"] > 0
 

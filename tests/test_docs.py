@@ -2,8 +2,8 @@
 
 Each Markdown file is one test: its code blocks run top to bottom in a fresh folder made from
 ``docs_files`` (a small run folder as ``runs/digits`` and ``runs/digits3k``, its export as
-``model.onnx`` and ``runs/demo/model.onnx``, a tiny diffusers pipeline as ``ddpm-cifar10`` with
-``images.npz``), Python blocks in one namespace per file, so a later block may use what an earlier
+``model.onnx`` and ``runs/demo/model.onnx`` and that file's int8 variant, a tiny diffusers
+pipeline as ``ddpm-cifar10`` with ``images.npz``), Python blocks in one namespace per file, so a later block may use what an earlier
 one defined. A moved attribute or a renamed flag fails here, with the file and line.
 
 How a block runs, by its tag:
@@ -15,28 +15,35 @@ How a block runs, by its tag:
   can get wrong (the names, the arguments, what it does with the file) still runs.
 - ``bash``: command by command (``\\`` continues a line, ``#`` starts a comment, ``$RANK`` is 0 and
   ``$WORLD`` 4). ``refdiff ...`` runs in this process, and must exit 0, unless it is *long*, in
-  which case its command line is parsed by refdiff's own parser, so that a renamed flag still
-  fails: ``train`` (minutes to hours; ``--print-config`` runs), ``demo`` (about 4 minutes),
-  ``--device cuda`` (no GPU here), ``sample`` of more than 1000 samples (minutes on a CPU),
-  ``eval --n-images 0`` (the full bound of a whole split: minutes to hours). A
-  usage synopsis (``refdiff export CHECKPOINT [--fp16] ...``) has each of its flags looked up.
+  which case its command line is parsed by refdiff's own parser (``--shard auto`` as in one
+  torchrun process), so that a renamed flag still fails: ``train`` (minutes to hours;
+  ``--print-config`` runs), ``demo`` (about 4 minutes), ``--device cuda`` (no GPU here),
+  ``sample`` of more than 1000 samples (minutes on a CPU), ``eval --n-images 0`` (the full bound
+  of a whole split: minutes to hours). A usage synopsis (``refdiff export CHECKPOINT [--fp16]``:
+  a token in brackets or in capitals) has each of its flags looked up. A command that stops
+  because it needs an extra this environment lacks (exit 2, ``... is not installed: pip install
+  "refdiff[X]"``) counts as parsed.
   ``torchrun ... -m refdiff.cli ARGS`` parses ARGS; ``make TARGET`` finds the target and parses the
   refdiff command of its recipe; ``pip install 'refdiff[X]'`` finds the extras in pyproject.toml
   (nothing is installed); ``python benchmarks/X.py`` and ``python -m pytest tests/X.py`` find their
   files (benchmarks take minutes; the tests run in ``make test`` anyway), ``python -c CODE``
-  runs; ``grep`` runs in the repository. Any other command fails until it has a rule here.
+  and ``python -m refdiff...`` run; ``grep`` runs in the repository. Any other command fails until it has a rule here.
 - ``json``: parsed (and read as refdiff ONNX metadata where it looks like it); ``toml``: parsed,
   written to the file its first comment names (``# my_run.toml ...``) and resolved as a training
-  configuration; ``text``: output, not run. A block without a tag fails: tag it.
+  configuration; ``text``: output, not run. A block without a tag fails: tag it. MyST
+  directives (```` ```{include} ````) are not code.
 
 A block right after ``<!-- not run by tests/test_docs.py: REASON -->`` is only parsed (each
-command as above, Python compiled): for commands the rules above cannot tell are long. Python
+command as above, Python compiled; other programs, a cluster's ``sbatch`` or ``mkdir``, are left
+alone, but a refdiff command they wrap is parsed): for what the rules above cannot tell is long
+or needs other machines. Python
 blocks of the files in ``PENDING`` are only compiled, with the reason given there. With
 ``DOCS_TIMES=FILE`` in the environment each block's seconds are appended to FILE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -76,7 +83,10 @@ BLOCK_SECONDS = 120
 #: More samples than this make `refdiff sample` a long command.
 MAX_SAMPLES = 1000
 
-FENCE = re.compile(r"^(\s*)(`{3,})([\w+-]*)\s*$")
+FENCE = re.compile(r"^(\s*)(`{3,})(.*)$")
+#: A token that stands for a value the reader supplies (CHECKPOINT, MODEL.onnx, FILE): a command
+#: holding one is a usage synopsis.
+PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]{2,}(\.\w+)?$")
 NOT_RUN = re.compile(r"<!--\s*not run by tests/test_docs\.py:\s*(.+?)\s*-->")
 
 
@@ -101,7 +111,7 @@ def read_blocks(name: str) -> list[Block]:
         if not m:
             i += 1
             continue
-        indent, ticks = len(m.group(1)), m.group(2)
+        indent, ticks, info = len(m.group(1)), m.group(2), m.group(3).strip()
         j = i + 1
         while j < len(lines) and lines[j].strip() != ticks:
             j += 1
@@ -110,7 +120,9 @@ def read_blocks(name: str) -> list[Block]:
         )
         before = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
         marker = NOT_RUN.search(before)
-        blocks.append(Block(name, i + 1, m.group(3), body, marker.group(1) if marker else None))
+        lang = info.split()[0] if info else ""
+        if not lang.startswith("{"):  # a MyST directive ({include}, {toctree}): not code
+            blocks.append(Block(name, i + 1, lang, body, marker.group(1) if marker else None))
         i = j + 1
     return blocks
 
@@ -119,6 +131,9 @@ def shell_commands(text: str) -> list[list[str]]:
     """The block's commands as argument lists: continuations joined, comments dropped."""
     logical, current = [], ""
     for line in text.splitlines():
+        if line.lstrip().startswith("[") and logical and not current:
+            logical[-1] += " " + line  # a usage synopsis that goes on, on the next line
+            continue
         current += line
         if current.rstrip().endswith("\\"):
             current = current.rstrip()[:-1] + " "
@@ -127,11 +142,16 @@ def shell_commands(text: str) -> list[list[str]]:
         current = ""
     if current:
         logical.append(current)
-    return [
-        argv
-        for argv in (shlex.split(os.path.expandvars(c), comments=True) for c in logical)
-        if argv
-    ]
+    commands = (shlex.split(_expand(c), comments=True) for c in logical)
+    return [argv for argv in commands if argv]
+
+
+#: The shell variables snippets use, as a first process of four would see them.
+SHELL_VARS = {"RANK": "0", "WORLD": "4"}
+
+
+def _expand(text: str) -> str:
+    return re.sub(r"\$(\w+)", lambda m: SHELL_VARS.get(m.group(1), m.group(0)), text)
 
 
 # ---- the files the snippets use -----------------------------------------------------------------
@@ -168,6 +188,19 @@ def docs_files(tmp_path_factory) -> Path:
     (root / "runs" / "demo").mkdir()
     shutil.copy(exported, root / "runs" / "demo" / "model.onnx")
     shutil.copy(exported, root / "model.onnx")
+    assert (
+        main(
+            [
+                "export",
+                str(root / "model.onnx"),
+                "--precision",
+                "int8",
+                "--out",
+                str(root / "model-int8.onnx"),
+            ]
+        )
+        == 0
+    )  # its int8 variant, for onnx.md
     _pipeline(root / "ddpm-cifar10")
     images = np.random.default_rng(0).integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
     np.savez(root / "images.npz", images=images)
@@ -233,9 +266,26 @@ def _subparser(command: str):
     return sub.choices[command]
 
 
+@contextlib.contextmanager
+def _launcher_env():
+    """One process of torchrun, for ``--shard auto`` (which reads the launcher at parse time)."""
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _parse(argv: list[str], where: str) -> None:
     try:
-        build_parser().parse_args(argv)
+        with _launcher_env() if "auto" in argv else contextlib.nullcontext():
+            build_parser().parse_args(argv)
     except SystemExit as exc:
         pytest.fail(f"{where}: `refdiff {shlex.join(argv)}` does not parse (exit {exc.code})")
 
@@ -265,7 +315,7 @@ def long_reason(argv: list[str]) -> str | None:
 
 
 def run_refdiff(argv: list[str], where: str, parse_only: str | None, capsys) -> None:
-    if any(a.startswith("[") for a in argv):  # a usage synopsis: its flags must exist
+    if any(a.startswith("[") or PLACEHOLDER.match(a) for a in argv):  # a usage synopsis
         options = {s for a in _subparser(argv[0])._actions for s in a.option_strings}
         for flag in re.findall(r"--[\w-]+", " ".join(argv)):
             assert flag in options, f"{where}: `refdiff {argv[0]}` has no option {flag}"
@@ -279,6 +329,8 @@ def run_refdiff(argv: list[str], where: str, parse_only: str | None, capsys) -> 
     except SystemExit as exc:
         code = exc.code
     out = capsys.readouterr()
+    if code == 2 and re.search(r"is not installed: pip install \"refdiff\[\w+\]\"", out.err):
+        return  # it needs an extra this environment lacks (the command line parsed, it started)
     assert code == 0, f"{where}: `refdiff {shlex.join(argv)}` exited {code}\n{out.out}\n{out.err}"
 
 
@@ -319,6 +371,10 @@ def run_command(argv: list[str], where: str, parse_only: str | None, capsys) -> 
     elif program.startswith("python") and argv[1:3] == ["-m", "pytest"]:
         for path in (a for a in argv[3:] if not a.startswith("-")):
             assert (ROOT / path.split("::")[0]).exists(), f"{where}: no test file {path}"
+    elif program.startswith("python") and argv[1] == "-m" and argv[2].startswith("refdiff"):
+        if parse_only is None:
+            proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
+            assert proc.returncode == 0, f"{where}: `{shlex.join(argv)}` failed\n{proc.stderr}"
     elif program.startswith("python") and argv[1] == "-c":
         compile(argv[2], where, "exec")
         if parse_only is None:
@@ -329,6 +385,9 @@ def run_command(argv: list[str], where: str, parse_only: str | None, capsys) -> 
     elif program == "grep":
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{where}: `{shlex.join(argv)}` found nothing"
+    elif parse_only is not None:  # the cluster's own commands (sbatch, mkdir): refdiff inside
+        for wrapped in (a for a in argv if a.startswith("refdiff ")):
+            run_refdiff(shlex.split(wrapped)[1:], where, parse_only, capsys)
     else:
         pytest.fail(f"{where}: no rule for the command {argv[0]!r}; add one to tests/test_docs.py")
 
@@ -373,8 +432,6 @@ def run_block(block: Block, namespace: dict, capsys) -> None:
 def test_the_snippets_run(name, docs_files, export_cache, tmp_path, monkeypatch, capsys):
     shutil.copytree(docs_files, tmp_path / "work")
     monkeypatch.chdir(tmp_path / "work")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD", "4")
     monkeypatch.setattr(refdiff.export, "export_onnx", export_cache)
     monkeypatch.setattr(sys, "argv", ["snippet"])
     namespace: dict = {"__name__": "__snippet__"}
@@ -405,4 +462,7 @@ def test_the_rules_tell_long_commands():
     assert shell_commands("refdiff eval a \\\n    --out b   # c\n\n# d\nmake demo") == [
         ["refdiff", "eval", "a", "--out", "b"],
         ["make", "demo"],
+    ]
+    assert shell_commands("refdiff check A [--n 1]\n    [--seed S]") == [
+        ["refdiff", "check", "A", "[--n", "1]", "[--seed", "S]"]
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import check_output_file
+from . import precision
 from ._argtypes import non_negative_float, positive_int_list
 from ._sampler_args import add_sampler_arguments, choose_sampler, sampler_flags_given
 
@@ -91,6 +92,7 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument(
         "--no-ema", action="store_true", help="export the raw weights instead of the EMA weights"
     )
+    precision.add_export_arguments(e)
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -123,7 +125,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
         "pipeline or UNet folder; for a generator file, optional: the model it was built from "
-        "(any format, its denoiser .onnx too)",
+        "(any format, its denoiser .onnx too); for a denoiser without it (and without "
+        "--against): print what the file is",
     )
     c.add_argument(
         "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
@@ -137,8 +140,9 @@ def add_parser(subparsers: Any) -> None:
     )
     c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance")
     c.add_argument("--rtol", type=non_negative_float, default=None, help="relative tolerance")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    precision.add_check_arguments(c)
     c.set_defaults(func=run_check)
 
 
@@ -159,10 +163,17 @@ def run_export(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, what="--out file")  # before the (long) export
     if sampler_flags_given(args):  # a generator: from an .onnx file, no torch is needed
         return _export_generator(args, out)
+    if args.fp16 and args.precision not in (None, "float16"):
+        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
+    args.precision = "float16" if args.fp16 else (args.precision or "float32")
+    if args.checkpoint.endswith(".onnx"):
+        return precision.variant_from_file(args, out)
     from ..export import ParityError, export_onnx, verify_onnx
 
     opened = _torch_model(args.checkpoint, args.no_ema)
     model = opened.module
+    if args.precision in precision.VARIANTS:
+        return precision.export_variant(args, model, opened.diffusion, out)
     # recorded in the file, so that `refdiff check` compares like with like
     weights = ("raw" if args.no_ema else "ema") if opened.format == "refdiff" else None
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -178,12 +189,12 @@ def run_export(args: argparse.Namespace) -> int:
         opened.diffusion,
         out,
         opset=args.opset,
-        fp16=args.fp16,
+        fp16=args.precision == "float16",
         weights=weights,
         progress=progress,
     )
     size = out.stat().st_size / 2**20
-    dtype = "float16" if args.fp16 else "float32"
+    dtype = args.precision
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
     if args.no_verify:
         return 0
@@ -216,14 +227,14 @@ def run_check(args: argparse.Namespace) -> int:
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
+    if args.against is not None:
+        return precision.run_drift(args)
     meta = read_metadata_props(model_path).get(METADATA_KEY)
     if file_kind(meta) != "denoiser":
         return _check_generator(args, model_path)
     if args.checkpoint is None:
-        raise ValueError(
-            f"checking the denoiser {args.model!r} needs the model it was exported from: "
-            "refdiff check FILE.onnx RUN_OR_CHECKPOINT"
-        )
+        print(precision.describe_file(model_path))
+        return 0
     recorded = _recorded_weights(meta)
     # compare like with like: the weights the file records, unless --no-ema says otherwise
     raw = args.no_ema or recorded == "raw"

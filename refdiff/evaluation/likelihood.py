@@ -49,30 +49,8 @@ def bits_per_dim(
     images_uint8 : numpy.ndarray
         ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
     **options
-        Keyword arguments of :func:`bound_parts`, as follows.
-    full : bool
-        Compute the full bound (all T terms per image: T denoiser calls per batch).
-    num_draws : int
-        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
-    batch_size : int
-        Images per denoiser call.
-    seed : int
-        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
-        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
-    progress : bool
-        Show a tqdm progress bar (on stderr).
-    timestep_probs : array_like [T], optional
-        Proposal of the Monte-Carlo estimate's timesteps (positive, summing to 1; see
-        :func:`importance_timestep_probs`); default the schedule's envelope
-        (:func:`refdiff.mc_plan`). Either way it is unbiased.
-    indices : array_like of int [N], optional
-        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
-        A process evaluating a shard of a larger set passes its images' indices.
-    dtype : floating dtype
-        The dtype of the data given to the bound (float32, as the models are trained).
-    xp, device : optional
-        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
-        denoiser has one (the ONNX runtime does), else NumPy.
+        The keyword arguments of :func:`bound_parts`: ``full``, ``num_draws``, ``batch_size``,
+        ``seed``, ``progress``, ``timestep_probs``, ``indices``, ``dtype``, ``xp``, ``device``.
 
     Returns
     -------
@@ -93,21 +71,46 @@ def bits_per_dim(
 
 @dataclass
 class BoundParts:
-    """The bound's pieces per image (float64 NumPy), before they are averaged: the full bound
-    ``total`` [N] and ``prior`` [N] with the per-timestep sums ``terms_sum`` and ``mse_sum`` [T]
-    (None without the full pass), the Monte-Carlo ``mc_estimate`` [N] and its variance
-    ``mc_var`` [N] (None without draws), from ``mc_groups`` pairs of strata per image and with
-    the ``mc_exact`` terms computed exactly. Shards of one evaluation are joined with
-    :meth:`join`."""
+    """The bound's pieces per image (float64 NumPy), before they are averaged. Shards of one
+    evaluation are joined with :meth:`join` (in one run of processes) or :meth:`concat` (from
+    files); every average is then taken over the joined per-image arrays in image order, so the
+    figures of any split equal those of one process bit for bit.
+
+    Attributes
+    ----------
+    T : int
+        The number of steps of the model's schedule.
+    seed : int
+        The seed of the bound's noise.
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (0: not computed).
+    mc_timesteps : str
+        ``"schedule"`` or ``"importance"``: the proposal the estimate drew its timesteps from.
+    indices : int64 array [N] or None
+        The global indices of the images.
+    total, prior : float64 array [N] or None
+        The full bound per image and its prior term L_T, in bits/dim.
+    terms, mse : float64 array [N, T] or None
+        Each image's L_t and x̂_0 error per timestep (None without the full pass).
+    mc_estimate, mc_var : float64 array [N] or None
+        The Monte-Carlo estimate per image and its variance.
+    mc_groups : int
+        The pairs of strata each image's variance comes from (its degrees of freedom).
+    mc_exact : tuple of int
+        The timesteps the estimate computed exactly for every image.
+    seconds_full, seconds_mc : float or None
+        How long each part took.
+    """
 
     T: int
     seed: int
     num_draws: int
     mc_timesteps: str
+    indices: np.ndarray | None = None
     total: np.ndarray | None = None
     prior: np.ndarray | None = None
-    terms_sum: np.ndarray | None = None
-    mse_sum: np.ndarray | None = None
+    terms: np.ndarray | None = None
+    mse: np.ndarray | None = None
     mc_estimate: np.ndarray | None = None
     mc_var: np.ndarray | None = None
     mc_groups: int = 0
@@ -120,25 +123,44 @@ class BoundParts:
         arr = self.total if self.total is not None else self.mc_estimate
         return 0 if arr is None else int(arr.shape[0])
 
+    #: The per-image arrays (first axis: the images), what shards join.
+    PER_IMAGE = ("indices", "total", "prior", "terms", "mse", "mc_estimate", "mc_var")
+
+    @property
+    def terms_sum(self) -> np.ndarray | None:
+        """Σ over the images of each L_t [T], in image order (None without the full pass)."""
+        return None if self.terms is None else self.terms.sum(axis=0)
+
+    @property
+    def mse_sum(self) -> np.ndarray | None:
+        """Σ over the images of each timestep's x̂₀ MSE [T], in image order."""
+        return None if self.mse is None else self.mse.sum(axis=0)
+
     def join(self, gather: Callable[[np.ndarray], np.ndarray]) -> BoundParts:
         """The parts of the whole evaluation, from this process's: ``gather`` concatenates an
         array of every process in rank order (the identity in one process)."""
+        joined = {
+            k: None if getattr(self, k) is None else gather(getattr(self, k))
+            for k in self.PER_IMAGE
+        }
+        if joined["indices"] is not None:
+            joined["indices"] = joined["indices"].astype(np.int64)  # a gather may pass floats
+        return dataclasses.replace(self, **joined)
 
-        def per_image(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else gather(a)
-
-        def per_step(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else gather(a).reshape(-1, self.T).sum(axis=0)
-
-        return dataclasses.replace(
-            self,
-            total=per_image(self.total),
-            prior=per_image(self.prior),
-            terms_sum=per_step(self.terms_sum),
-            mse_sum=per_step(self.mse_sum),
-            mc_estimate=per_image(self.mc_estimate),
-            mc_var=per_image(self.mc_var),
-        )
+    @classmethod
+    def concat(cls, parts: list[BoundParts]) -> BoundParts:
+        """The parts of several shards (already in image order) as one; the scalar fields and
+        the seconds are the first's and the sums of all."""
+        first = parts[0]
+        joined = {
+            k: None if getattr(first, k) is None else np.concatenate([getattr(p, k) for p in parts])
+            for k in cls.PER_IMAGE
+        }
+        seconds = {
+            k: None if getattr(first, k) is None else sum(getattr(p, k) or 0.0 for p in parts)
+            for k in ("seconds_full", "seconds_mc")
+        }
+        return dataclasses.replace(first, **joined, **seconds)
 
     def summary(self) -> dict[str, Any]:
         """The averages over the images: see :func:`bits_per_dim`."""
@@ -199,7 +221,47 @@ def bound_parts(
     xp: Any = None,
     device: Any = None,
 ) -> BoundParts:
-    """The per-image pieces of :func:`bits_per_dim` (same arguments), not yet averaged."""
+    """The per-image pieces of :func:`bits_per_dim`, not yet averaged.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``, with ``t`` the timestep indices
+        of the model's own schedule (``diffusion.schedule``).
+    diffusion : Diffusion
+        The model's settings: schedule, prediction, variance, decoder, clipping, image shape.
+    images_uint8 : numpy.ndarray
+        ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
+    full : bool
+        Compute the full bound (all T terms per image: T denoiser calls per batch).
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
+    batch_size : int
+        Images per denoiser call.
+    seed : int
+        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
+        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
+    progress : bool
+        Show a tqdm progress bar (on stderr).
+    timestep_probs : array_like [T], optional
+        Proposal of the Monte-Carlo estimate's timesteps (positive, summing to 1; see
+        :func:`importance_timestep_probs`); default the schedule's envelope
+        (:func:`refdiff.mc_plan`). Either way it is unbiased. With the full pass, the estimate
+        reads its terms from it (:func:`refdiff.mc_estimate_from_terms`: no more calls).
+    indices : array_like of int [N], optional
+        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
+        A process evaluating a shard of a larger set passes its images' indices.
+    dtype : floating dtype
+        The dtype of the data given to the bound (float32, as the models are trained).
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
+        denoiser has one (the ONNX runtime does), else NumPy.
+
+    Returns
+    -------
+    BoundParts
+        The per-image bound, its per-timestep sums and the Monte-Carlo estimate (float64 NumPy).
+    """
     images = check_uint8_images(images_uint8, "images")
     shape = tuple(diffusion.image_shape)
     if tuple(images.shape[1:]) != shape:
@@ -261,19 +323,19 @@ def bound_parts(
         seed=seed,
         num_draws=num_draws,
         mc_timesteps="schedule" if timestep_probs is None else "importance",
+        indices=index.astype(np.int64),
     )
     try:
         est, var, mc = [], [], None
         if full:
             t0 = time.perf_counter()
-            totals, priors = [], []
-            terms_sum, mse_sum = np.zeros(T), np.zeros(T)
+            totals, priors, terms, mses = [], [], [], []
             for x, idx in batches():
                 res = diffusion.bound(denoiser, x, seed=seed, sample_indices=idx, progress=tick)
                 totals.append(to_host(res.total_bpd).astype(np.float64))
                 priors.append(to_host(res.prior_bpd).astype(np.float64))
-                terms_sum += to_host(res.terms_bpd).astype(np.float64).sum(axis=0)
-                mse_sum += to_host(res.x0_mse).astype(np.float64).sum(axis=0)
+                terms.append(to_host(res.terms_bpd).astype(np.float64))
+                mses.append(to_host(res.x0_mse).astype(np.float64))
                 if num_draws:
                     mc = mc_estimate_from_terms(
                         diffusion.schedule,
@@ -288,7 +350,7 @@ def bound_parts(
                     est.append(to_host(mc.estimate_bpd).astype(np.float64))
                     var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
             parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
-            parts.terms_sum, parts.mse_sum = terms_sum, mse_sum
+            parts.terms, parts.mse = np.concatenate(terms), np.concatenate(mses)
             parts.seconds_full = time.perf_counter() - t0
         elif num_draws:
             t0 = time.perf_counter()
@@ -331,7 +393,26 @@ def importance_timestep_probs(
     loss-second-moment sampler). The second moments are measured on a few pilot images, which
     should not be the images evaluated (training images, say), so that p stays independent of
     them and the estimate unbiased; a ``uniform_share`` of uniform probability is mixed in so that
-    no timestep is starved. Costs T denoiser calls on the pilot batch (a tqdm bar with ``progress``).
+    no timestep is starved. Costs T denoiser calls on the pilot batch.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``.
+    diffusion : Diffusion
+        The model's settings.
+    pilot_uint8 : numpy.ndarray
+        ``uint8 [P, C, H, W]`` pilot images (not the ones to be evaluated).
+    uniform_share : float
+        The share of uniform probability mixed in, in (0, 1].
+    seed : int
+        Seed of the pilot's bound noise.
+    dtype : floating dtype
+        The dtype of the data given to the bound.
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default ``denoiser.xp`` or NumPy.
+    progress : bool
+        Show a tqdm bar over the pilot's T calls (on stderr).
 
     Returns
     -------

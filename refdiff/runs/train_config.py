@@ -126,8 +126,11 @@ def _is_num(v: object) -> bool:
 class TrainConfig:
     """Everything that defines a training run.
 
-    Data
-    ----
+    The parameters come in five groups, in this order: the data, the model, the objective and
+    optimiser, the CUDA-only switches and the reporting.
+
+    Parameters
+    ----------
     data : str
         ``"digits"``, a folder of images, a ``.npz`` file, or a CIFAR-10 folder / ``.tar.gz``
         (see :func:`refdiff.data.load_dataset`).
@@ -145,20 +148,19 @@ class TrainConfig:
         array).
     flip : bool
         Random horizontal flips of training images (off for digits: a mirrored 2 is no digit).
-
-    Model
-    -----
     unet : UNetConfig
+        The U-Net's architecture.
     diffusion : Diffusion
         Its ``image_shape`` must be ``(unet.in_channels, unet.image_size, unet.image_size)`` and
         a learned variance needs ``unet.learn_sigma``; :meth:`from_dict` derives both by default.
-
-    Objective and optimiser
-    -----------------------
     loss : {"simple", "hybrid", "vlb"}
+        The training loss (:func:`refdiff.training_losses`).
     timestep_sampler : {"uniform", "loss_second_moment"}
+        How training timesteps are drawn (:mod:`refdiff.timestep_sampling`).
     optimizer : {"adam", "adamw"}
+        The optimiser.
     lr, weight_decay : float
+        Its learning rate and weight decay.
     warmup_steps : int
         Linear learning-rate warm-up from lr/warmup_steps to lr over this many steps.
     grad_clip : float or None
@@ -172,13 +174,9 @@ class TrainConfig:
         ``min(ema_rate, (1 + s) / (10 + s))`` so early averages are not dominated by the init.
     seed : int
         Seeds the initial weights, data order, timesteps, noise and dropout.
-
-    CUDA only (ignored, with a note, on CPU)
-    ----------------------------------------
     bf16, channels_last, compile : bool
-
-    Reporting
-    ---------
+        CUDA only (ignored, with a note, on the CPU): bfloat16 autocast, channels-last memory
+        format, ``torch.compile``.
     log_every : int
         Steps between lines of ``metrics.jsonl``.
     eval_every, sample_every, checkpoint_every : int

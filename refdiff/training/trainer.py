@@ -1,7 +1,7 @@
 """The training loop: steps, logs, evaluations, sample grids and checkpoints of one run.
 
 :class:`Trainer` puts the pieces together: the run folder (:class:`refdiff.runs.RunFolder`), the
-data (:mod:`.data`), the state and its step (:class:`~refdiff.training.step.TrainState`), the
+data (:mod:`refdiff.training.data`), the state and its step (:class:`~refdiff.training.step.TrainState`), the
 evaluation (:func:`refdiff.evaluation.evaluate`, on the EMA model) and the samplers
 (:meth:`refdiff.Diffusion.sample`). Every process of a torchrun run holds a Trainer; rank 0
 alone writes.
