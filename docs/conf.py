@@ -64,6 +64,14 @@ refdiff_api_pending = [
     "refdiff.runtime.save_samples",
     "refdiff.runtime.shard_range",
     "refdiff.runtime.to_uint8",
+    "refdiff.evaluation.DriftReport",
+    "refdiff.evaluation.ImageScores",
+    "refdiff.evaluation.measure_drift",
+    "refdiff.evaluation.merge_partials",
+    "refdiff.evaluation.read_partial",
+    "refdiff.evaluation.save_partial",
+    "refdiff.evaluation.score_images",
+    "refdiff.export.ParityReport",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

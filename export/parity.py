@@ -32,7 +32,7 @@ from .onnx_export import eval_mode, model_settings
 
 __all__ = ["DEFAULT_TOLERANCES", "ParityCase", "ParityError", "ParityReport", "verify_onnx"]
 
-#: Default (atol, rtol) per precision: |onnx - torch| <= atol + rtol |torch| everywhere.
+#: Default (atol, rtol) per precision: ``|onnx - torch| <= atol + rtol |torch|`` everywhere.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-4),
     "float16": (2e-2, 2e-2),

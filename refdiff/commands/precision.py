@@ -1,7 +1,7 @@
 """Reduced precision on the command line: ``refdiff export --precision``, ``refdiff check MODEL``
 (what the file is) and ``refdiff check MODEL --against VARIANT`` (the drift harness).
 
-The parsers of ``export`` and ``check`` live in :mod:`.export`; the arguments and the work of
+The parsers of ``export`` and ``check`` live in :mod:`refdiff.commands.export`; the arguments and the work of
 reduced precision are here. Nothing heavy at module level.
 """
 

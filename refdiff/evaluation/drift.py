@@ -369,7 +369,7 @@ def measure_drift(
         Compare Fréchet distances in the digits classifier's features (needs ``heldout``; default:
         when the images are 1x8x8 and ``heldout`` is given).
     fd_tolerance, bpd_tolerance : float
-        The pass criteria: |FD change| / FD_ref and |bits/dim difference|.
+        The pass criteria: ``|FD change| / FD_ref`` and ``|bits/dim difference|``.
     layers : sequence of LayerDrift
         Per-layer errors from :func:`layer_drift`, to be reported with the rest.
     progress : callable, optional

@@ -8,7 +8,7 @@ class coverage; for any images: the memorisation check). It returns one JSON-rea
 A process evaluating a shard of the images (the trainer under torchrun) passes ``shard`` and a
 ``gather`` that concatenates arrays over the processes; every process then gets the report of the
 whole set. Processes that share no process group (``refdiff eval --shard``) each call
-:func:`score_images` and write its per-image scores; :mod:`.shards` joins the files into the
+:func:`score_images` and write its per-image scores; :mod:`refdiff.evaluation.shards` joins the files into the
 same report, bit for bit.
 """
 
