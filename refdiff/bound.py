@@ -226,9 +226,19 @@ class MonteCarloBound(NamedTuple):
 
 
 class MonteCarloPlan(NamedTuple):
-    """How :func:`variational_bound_mc` spends its network calls: the indices ``exact`` computed
-    for every example, and the ``tail`` indices (ascending) drawn with probabilities
-    ``tail_probs`` (float64, summing to 1) by ``num_draws`` strata of equal probability."""
+    """How :func:`variational_bound_mc` spends its network calls.
+
+    Attributes
+    ----------
+    exact : int64 array
+        The timestep indices computed for every example, ascending (L_0 first).
+    tail : int64 array
+        The other indices, ascending: drawn, one per stratum.
+    tail_probs : float64 array [len(tail)]
+        The proposal over ``tail``, summing to 1.
+    num_draws : int
+        The strata of equal probability under ``tail_probs``: draws per example.
+    """
 
     exact: np.ndarray
     tail: np.ndarray
@@ -264,9 +274,21 @@ def mc_plan(
     schedule) is exact too, and when the exact terms and the draws would cost T calls or more,
     every term is.
 
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule (respaced or not).
+    num_draws : int
+        Draws per example besides the exact terms (at least 2).
+    timestep_probs : float array [T], optional
+        The proposal p(t), positive and summing to 1; None: the schedule's envelope above.
+    data_range : (float, float)
+        The data's (low, high): v = ((high - low) / 2)² in the envelope.
+
     Returns
     -------
     MonteCarloPlan
+        The exact indices, the drawn ones and their proposal.
     """
     num_draws = _check_draws(num_draws)
     T = schedule.num_timesteps
@@ -404,9 +426,26 @@ def mc_estimate_from_terms(
     sample_indices: Array | None = None,
 ) -> MonteCarloBound:
     """The estimate :func:`variational_bound_mc` gives with ``seed``, read from the terms of
-    :func:`variational_bound` with the same seed (``terms_bpd`` [B, T], ``prior_bpd`` [B]) instead
-    of calling the denoiser: both evaluate term t at the same x_t. The evaluation computes it
-    this way when it computes the full bound anyway."""
+    :func:`variational_bound` with the same seed instead of calling the denoiser: both evaluate
+    term t at the same x_t. The evaluation computes it this way when it computes the full bound
+    anyway.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule of the full bound.
+    terms_bpd : array [B, T]
+        ``BoundResult.terms_bpd`` of :func:`variational_bound` with ``seed``.
+    prior_bpd : array [B]
+        ``BoundResult.prior_bpd``, the prior term L_T.
+    num_draws, timestep_probs, data_range, seed, sample_indices
+        As :func:`variational_bound_mc` (the full bound's seed and sample indices).
+
+    Returns
+    -------
+    MonteCarloBound
+        The estimate, equal to :func:`variational_bound_mc`'s up to rounding.
+    """
     plan = mc_plan(schedule, num_draws, timestep_probs, check_data_range(data_range))
     xp = get_namespace(terms_bpd)
     B, T = terms_bpd.shape
