@@ -54,6 +54,7 @@ def philox4x32(counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: 
     ``counter`` is four broadcastable integer arrays (each in [0, 2**32)), ``key`` two ints.
     Returns the four output words as int64 arrays.
     """
+    xp = as_namespace(xp)
     c0, c1, c2, c3 = counter
     k0, k1 = key[0] & _M32, key[1] & _M32
     for r in range(rounds):
