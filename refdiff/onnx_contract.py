@@ -157,21 +157,7 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str | None, *, source: str = "the model") -> ModelMetadata:
         """Parse and validate the metadata JSON; every problem is a :class:`MetadataError`."""
-        if text is None:
-            raise MetadataError(
-                f"{source} lacks refdiff metadata (no {METADATA_KEY!r} entry in its "
-                f"metadata_props), so its diffusion settings are unknown; {_EXPORT_HINT}"
-            )
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MetadataError(
-                f"{source}: the refdiff metadata is not valid JSON: {exc}"
-            ) from None
-        if not isinstance(d, Mapping):
-            raise MetadataError(
-                f"{source}: the refdiff metadata must be a JSON object, got {type(d).__name__}"
-            )
+        d = _json_object(text, source, f", so its diffusion settings are unknown; {_EXPORT_HINT}")
         if d.get("kind") in GENERATOR_KINDS:
             raise NotADenoiserError(
                 f"{source} is a refdiff {d['kind']} file (a whole sampler, seed in, images out), "
@@ -431,17 +417,22 @@ class GeneratorMetadata:
             raise MetadataError(f"{source}: invalid generator metadata: {exc}") from None
 
 
-def _json_object(text: str | None, source: str) -> Mapping[str, Any]:
+def _json_object(text: str | None, source: str, missing: str = "") -> Mapping[str, Any]:
+    """The refdiff metadata JSON of ``source`` as a mapping; ``missing`` ends the message when
+    there is none."""
     if text is None:
         raise MetadataError(
-            f"{source} lacks refdiff metadata (no {METADATA_KEY!r} entry in its metadata_props)"
+            f"{source} lacks refdiff metadata (no {METADATA_KEY!r} entry in its "
+            f"metadata_props){missing}"
         )
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MetadataError(f"{source}: the refdiff metadata is not valid JSON: {exc}") from None
     if not isinstance(d, Mapping):
-        raise MetadataError(f"{source}: the refdiff metadata must be a JSON object")
+        raise MetadataError(
+            f"{source}: the refdiff metadata must be a JSON object, got {type(d).__name__}"
+        )
     return d
 
 
