@@ -19,8 +19,8 @@ const MAKE_GENERATOR = 'refdiff export MODEL --out gen.onnx --sampler NAME --ste
 const $ = (id) => document.getElementById(id);
 const form = $('controls');
 const fields = { model: $('model'), seed: $('seed'), count: $('count'), backend: $('backend') };
-// finished counts the tasks (load, generate) that ended, with a result or an error
-const page = { state: 'loading', error: null, note: null, model: null, result: null, backend: null, finished: 0 };
+// pending counts the tasks (load, generate) queued or running: they run one at a time
+const page = { state: 'loading', error: null, note: null, model: null, result: null, backend: null, pending: 0 };
 window.refdiffPage = page;
 
 let loaded = null; // { key, generator }
@@ -90,6 +90,7 @@ async function fetchBytes(url, what) {
 }
 
 async function loadModel(url, backend) {
+  if (loaded?.key === `${url}|${backend}`) return;
   setState('loading');
   clearError();
   showNote(null);
@@ -195,10 +196,7 @@ async function generate() {
     showError(err.message.charAt(0).toUpperCase() + err.message.slice(1));
     return;
   }
-  const url = fields.model.value.trim();
-  if (!loaded || loaded.key !== `${url}|${fields.backend.value}`) {
-    await loadModel(url, fields.backend.value);
-  }
+  await loadModel(fields.model.value.trim(), fields.backend.value);
   const gen = loaded.generator;
   setState('running');
   $('images').replaceChildren();
@@ -253,23 +251,29 @@ async function guarded(task) {
   } catch (err) {
     showError(err instanceof GeneratorFileError ? err.message : `Error: ${err?.message ?? err}`);
     if (err instanceof GeneratorFileError) $('model-info').textContent = 'No generator loaded.';
-  } finally {
-    page.finished += 1;
   }
 }
 
+let queue = Promise.resolve();
+/** Run `task` after the tasks before it: a click while a model loads waits for it. */
+function enqueue(task) {
+  page.pending += 1;
+  queue = queue.then(() => guarded(task)).finally(() => {
+    page.pending -= 1;
+  });
+}
+
+const reload = () => enqueue(() => loadModel(fields.model.value.trim(), fields.backend.value));
 form.addEventListener('submit', (event) => {
   event.preventDefault();
-  guarded(generate);
+  enqueue(generate);
 });
-fields.backend.addEventListener('change', () => guarded(() => loadModel(fields.model.value.trim(), fields.backend.value)));
-fields.model.addEventListener('change', () => guarded(() => loadModel(fields.model.value.trim(), fields.backend.value)));
+fields.backend.addEventListener('change', reload);
+fields.model.addEventListener('change', reload);
 
 const params = new URLSearchParams(location.search);
 for (const [name, input] of Object.entries(fields)) {
   if (params.has(name)) input.value = params.get(name);
 }
-guarded(async () => {
-  await loadModel(fields.model.value.trim(), fields.backend.value);
-  if (params.get('run') === '1') await generate();
-});
+reload();
+if (params.get('run') === '1') enqueue(generate);

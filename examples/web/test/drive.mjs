@@ -74,30 +74,28 @@ try {
     page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`));
     const timeout = (job.timeout_s ?? 120) * 1000;
-    const finished = () => page.evaluate(() => window.refdiffPage?.finished ?? 0);
-    const waitPast = (n) => page.waitForFunction((k) => (window.refdiffPage?.finished ?? 0) > k, n, { timeout });
+    // the page queues its tasks (load, generate); an action is over when none is left
+    const settled = () => page.waitForFunction(() => window.refdiffPage?.pending === 0, null, { timeout });
     const query = new URLSearchParams(spec.query ?? {}).toString();
     let name = 'load';
     try {
       await page.goto(`${url}${query ? `?${query}` : ''}`);
-      await waitPast(0);
+      await settled();
       results.push({ name, ...(await snapshot(page)), log: log.splice(0) });
       for (const action of spec.actions ?? []) {
         name = action.name;
         const record = { name, runs: [] };
         if (action.model !== undefined) {
-          const before = await finished();
           await page.fill('#model', action.model);
           await page.dispatchEvent('#model', 'change');
-          await waitPast(before);
+          await settled();
         }
         if (action.seed !== undefined) {
           for (let r = 0; r < (action.repeats ?? 1); r += 1) {
             await page.fill('#seed', String(action.seed));
             await page.fill('#count', String(action.count ?? 16));
-            const before = await finished();
             await page.click('#generate');
-            await waitPast(before);
+            await settled();
             record.runs.push(await page.evaluate(() => window.refdiffPage.result?.stepMs ?? null));
           }
         }
