@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from refdiff.export import export_onnx
 
 from refdiff import Diffusion
-from refdiff.export import export_onnx
 from refdiff.graph.generator import build_generator
 from refdiff.nn import UNetConfig, preset, randomized_unet
 from refdiff.runtime import OnnxDenoiser, sample_array

@@ -20,13 +20,30 @@ CuPy on CUDA); the other formats through PyTorch, behind NumPy arrays
 (:class:`~refdiff.nn.numpy_bridge.TorchDenoiser`), with the module itself at hand for export.
 A new format is one :class:`ModelReader` in :data:`READERS`. This module imports neither torch nor
 onnxruntime until a model of a format that needs it is opened.
+
+Every opened model has a **fingerprint** (:attr:`OpenedModel.fingerprint`), the sha256 that sample
+files and partial evaluations record so that shards of different models are never joined:
+
+- an ONNX file: the sha256 of the file (what ``sha256sum model.onnx`` prints);
+- a refdiff checkpoint: the sha256 of the manifest ``sha256sum state.json <weights>`` of the
+  checkpoint folder, ``<weights>`` the file whose weights were loaded (``ema.safetensors`` or
+  ``model.safetensors``; ``state.json`` holds the configuration and seals every tensor file);
+- a diffusers folder: the sha256 of the manifest of the files the model is read from
+  (``model_index.json``, the UNet's ``config.json`` and weights, the scheduler config), named
+  relative to the folder.
+
+A manifest is ``sha256sum``'s output (``<hex>  <name>`` lines, in the order above), so
+``sha256sum state.json ema.safetensors | sha256sum`` in the checkpoint folder prints the same
+value. It is computed once per opened model, when first asked for.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +51,15 @@ from typing import Any
 from ._deps import MissingDependency
 from .settings import Diffusion
 
-__all__ = ["READERS", "ModelReader", "OpenedModel", "open_model", "reader_for"]
+__all__ = [
+    "READERS",
+    "ModelReader",
+    "OpenedModel",
+    "file_sha256",
+    "manifest_sha256",
+    "open_model",
+    "reader_for",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +95,13 @@ class OpenedModel:
     info: Mapping[str, Any] = field(default_factory=dict)
     generator: Any = None
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The sha256 (hex) that identifies this model's weights and settings: see the module's
+        docstring for what each format hashes. Computed on first use, then kept."""
+        name = "onnx" if self.format in ("generator", "step") else self.format  # one file too
+        return next(r for r in READERS if r.name == name).fingerprint(self)
+
     def describe(self) -> str:
         """One line: the path, the format, the weights, T and the parameterisation."""
         d = self.diffusion
@@ -92,13 +124,30 @@ class OpenedModel:
 @dataclass(frozen=True)
 class ModelReader:
     """One model format: its name, what its paths look like (for errors), the extra it needs,
-    ``recognises(path) -> bool`` and ``open(path, device=..., ema=..., session_options=...)``."""
+    ``recognises(path) -> bool``, ``open(path, device=..., ema=..., session_options=...)`` and
+    ``fingerprint(opened) -> str`` (the sha256 of the files it was read from)."""
 
     name: str
     looks_like: str
     extra: str
     recognises: Callable[[Path], bool]
     open: Callable[..., OpenedModel]
+    fingerprint: Callable[[OpenedModel], str]
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_sha256(root: Path, files: Sequence[Path]) -> str:
+    """The sha256 of ``sha256sum``'s output for ``files`` named relative to ``root``, in order."""
+    lines = [f"{file_sha256(f)}  {os.path.relpath(f, root)}\n" for f in files]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
 def _no_ema_option(path: Path, ema: bool | None, what: str) -> None:
@@ -159,6 +208,10 @@ def _open_generator(p: Path, kind: str, device: str, session_options: Any) -> Op
     return OpenedModel(p, kind, gen.diffusion, None, None, info, generator=gen)
 
 
+def _fingerprint_onnx(model: OpenedModel) -> str:
+    return file_sha256(model.path)
+
+
 def _torch(format_name: str, extra: str) -> Any:
     """torch, or a one-line error naming the extra that brings it."""
     try:
@@ -197,6 +250,22 @@ def _open_diffusers(
     }
     den = TorchDenoiser(loaded.model, loaded.diffusion, device)
     return OpenedModel(p, "diffusers", loaded.diffusion, den, loaded.model, info)
+
+
+def _fingerprint_diffusers(model: OpenedModel) -> str:
+    from .diffusers_config import read_diffusers_folder
+
+    folder = read_diffusers_folder(model.path)
+    files = [model.path / "model_index.json"] if (model.path / "model_index.json").is_file() else []
+    files.append(folder.unet_dir / "config.json")
+    # the weights diffusers loads: safetensors when there are, else the pickled .bin
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder.unet_dir / name).is_file():
+            files.append(folder.unet_dir / name)
+            break
+    if folder.scheduler_path is not None:
+        files.append(folder.scheduler_path)
+    return manifest_sha256(model.path, files)
 
 
 def _is_refdiff(p: Path) -> bool:
@@ -241,15 +310,29 @@ def _open_refdiff(
     return OpenedModel(p, "refdiff", diffusion, den, model, info)
 
 
+def _fingerprint_refdiff(model: OpenedModel) -> str:
+    ckpt = Path(model.info["checkpoint"])
+    weights = "ema.safetensors" if model.info.get("weights") == "EMA" else "model.safetensors"
+    return manifest_sha256(ckpt, [ckpt / "state.json", ckpt / weights])
+
+
 #: Every format, tried in this order; the first that recognises a path opens it.
 READERS: tuple[ModelReader, ...] = (
-    ModelReader("onnx", "an .onnx file written by `refdiff export`", "onnx", _is_onnx, _open_onnx),
+    ModelReader(
+        "onnx",
+        "an .onnx file written by `refdiff export`",
+        "onnx",
+        _is_onnx,
+        _open_onnx,
+        _fingerprint_onnx,
+    ),
     ModelReader(
         "diffusers",
         "a diffusers DDPM/DDIM pipeline folder or UNet2DModel folder",
         "diffusers",
         _is_diffusers,
         _open_diffusers,
+        _fingerprint_diffusers,
     ),
     ModelReader(
         "refdiff",
@@ -257,6 +340,7 @@ READERS: tuple[ModelReader, ...] = (
         "torch",
         _is_refdiff,
         _open_refdiff,
+        _fingerprint_refdiff,
     ),
 )
 

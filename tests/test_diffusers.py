@@ -11,8 +11,10 @@ diffusers through ``variance_noise`` for DDIM and through its ``randn_tensor`` f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
 import sys
 import typing
 import warnings
@@ -690,6 +692,29 @@ def test_eval_and_sample_open_a_diffusers_folder_directly(exported, tmp_path, ca
     assert main(["sample", str(path), *args, "--out", str(tmp_path / "o.png")]) == 0
     f, o = (np.load(tmp_path / n)["images"].astype(int) for n in ("f.npz", "o.npz"))
     assert np.abs(f - o).max() <= 1  # the same samples but for values on a rounding boundary
+
+
+def test_a_diffusers_folders_fingerprint_is_its_files_manifest(exported, tmp_path):
+    from refdiff.models import open_model
+
+    folder, _ = exported["learned_range"]
+    files = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ]
+    manifest = "".join(
+        f"{hashlib.sha256((folder / f).read_bytes()).hexdigest()}  {f}\n" for f in files
+    )
+    m = open_model(folder)
+    assert m.fingerprint == hashlib.sha256(manifest.encode()).hexdigest()
+    assert open_model(exported["learned"][0]).fingerprint != m.fingerprint
+    # another schedule, the same weights: another model
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    _edit_json(copy / "scheduler" / "scheduler_config.json", beta_end=0.03)
+    assert open_model(copy).fingerprint != m.fingerprint
 
 
 @pytest.mark.slow

@@ -3,6 +3,9 @@ missing package or a format a command cannot use is a one-line error that names 
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 from blocking import run_blocked_json
@@ -40,6 +43,15 @@ def test_an_onnx_file_opens_without_torch(tiny_onnx, tmp_path):
     )
 
 
+def test_an_onnx_files_fingerprint_is_its_sha256(tiny_onnx, tmp_path):
+    m = open_model(tiny_onnx)
+    assert m.fingerprint == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    assert m.fingerprint is m.fingerprint  # computed once
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(tiny_onnx.read_bytes() + b"")
+    assert open_model(copy).fingerprint == m.fingerprint  # the bytes, not the path
+
+
 def test_each_format_is_recognised_and_unknown_paths_are_named(tiny_onnx, tmp_path):
     assert [r.name for r in READERS] == ["onnx", "diffusers", "refdiff"]
     assert reader_for(tiny_onnx).name == "onnx"
@@ -69,14 +81,25 @@ def test_a_checkpoint_opens_through_torch_with_its_module(tmp_path):
         trainer.train()
     finally:
         trainer.close()
+    prints = set()
     for ema, weights in ((None, "EMA"), (False, "raw")):
         m = open_model(tmp_path / "run", ema=ema)
         assert m.format == "refdiff" and m.info["weights"] == weights and m.info["step"] == 2
+        # the fingerprint: sha256sum state.json <weights file> | sha256sum, in the checkpoint
+        ckpt = Path(m.info["checkpoint"])
+        file = "ema.safetensors" if ema is None else "model.safetensors"
+        manifest = "".join(
+            f"{hashlib.sha256((ckpt / f).read_bytes()).hexdigest()}  {f}\n"
+            for f in ("state.json", file)
+        )
+        assert m.fingerprint == hashlib.sha256(manifest.encode()).hexdigest()
+        prints.add(m.fingerprint)
         assert isinstance(m.module, torch.nn.Module)
         x = np.zeros((3, *m.diffusion.image_shape), np.float32)
         with torch.no_grad():
             want = m.module(torch.from_numpy(x), torch.zeros(3, dtype=torch.int64)).numpy()
         np.testing.assert_array_equal(m.denoiser(x, np.zeros(3, np.int64)), want)
+    assert len(prints) == 2  # EMA and raw weights are two models
     # without torch: the extra is named, and the .onnx route is suggested
     result = run_blocked_json(
         f"""

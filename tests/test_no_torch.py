@@ -92,7 +92,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
                                   "--steps", "6", "--seed", "2", "--shard", "1/2",
                                   "--out", "cli.png", "--no-progress"])
         code = args.func(args)
-        cli = np.load("cli.npz")
+        cli = np.load("cli-shard01of02.npz")
 
         main_code = None
         if {whole_cli!r}:
@@ -118,7 +118,7 @@ def test_sampling_path_works_without_torch(tmp_path_factory, tmp_path):
     assert result["cli_code"] == 0
     assert result["cli_indices"] == [2, 3, 4]  # shard 1 of 2 of 5 samples
     np.testing.assert_array_equal(np.array(result["cli_images"], dtype=np.uint8), want[2:])
-    assert (tmp_path / "cli.png").stat().st_size > 0
+    assert (tmp_path / "cli-shard01of02.png").stat().st_size > 0
     if whole_cli:
         assert result["main_code"] == 0 and (tmp_path / "main.png").exists()
 

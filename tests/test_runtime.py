@@ -428,7 +428,7 @@ def test_cli_sample_writes_png_and_npz(tiny_onnx, denoiser, tmp_path, capsys):
             )
             == 0
         )
-    parts = [np.load(tmp_path / f"s{k}.npz") for k in range(2)]
+    parts = [np.load(tmp_path / f"s{k}-shard{k:02d}of02.npz") for k in range(2)]  # named apart
     np.testing.assert_array_equal(np.concatenate([p["images"] for p in parts]), want)
     assert np.concatenate([p["indices"] for p in parts]).tolist() == list(range(6))
 
@@ -453,8 +453,8 @@ def test_cli_sample_offers_every_sampler_and_spacing(tiny_onnx, denoiser, tmp_pa
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--n", "0"], "argument --n: must be a positive integer"),
-        (["--n", "many"], "argument --n: expected a positive integer"),
+        (["--n", "0"], "argument --n/--num-samples: must be a positive integer"),
+        (["--n", "many"], "argument --n/--num-samples: expected a positive integer"),
         (["--sampler", "langevin"], "argument --sampler: invalid choice: 'langevin'"),
         (["--spacing", "uniform"], "argument --spacing: invalid choice: 'uniform'"),
         (["--shard", "2/2"], "argument --shard: shard index K must be in"),

@@ -83,3 +83,14 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers like 1,3, got {text!r}")
     return tuple(values)
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N), or ``auto``: the shard from the launcher's environment (torchrun,
+    Slurm, MPI; :func:`refdiff.runtime.sampling.shard_from_environment`)."""
+    from ..runtime.sampling import parse_shard
+
+    try:
+        return parse_shard(text)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -260,6 +260,7 @@ def run_demo(
         ("bound_terms.png", "where in t the bits are spent"),
         ("quality_vs_calls.png", "sample quality against network calls, per sampler"),
         ("model.onnx", "the exported model (model-fp16.onnx: float16 weights)"),
+        ("generator.onnx", "the model and the whole default sampler: seed in, images out"),
         ("report.md", "every figure and the time of each stage (report.json: the same as JSON)"),
     ):
         print(f"  {out / name!s:<40} {what}")
@@ -296,6 +297,7 @@ def torch_free_stage(args_json: str) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = a["threads"]  # fixed: the same figures, loaded or not
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # no warnings at load (the generator's optional inputs)
     den = OnnxDenoiser(out / "model.onnx", device="cpu", session_options=options)
     diffusion = den.diffusion
     res: dict[str, Any] = {}
@@ -377,9 +379,50 @@ def torch_free_stage(args_json: str) -> None:
         "table": quality_table(rows),
         "seconds": round(time.perf_counter() - ts, 2),
     }
+    res["generator"] = _generator(out, den, options, a["seed"])
     res["torch_imported"] = "torch" in sys.modules
     res["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out / "eval.json", res)
+
+
+def _generator(out: Path, den: Any, options: Any, seed: int) -> dict[str, Any]:
+    """The whole default sampler and the model in one ONNX file (seed in, images out), and its
+    step file, built from model.onnx without PyTorch and checked against the Python sampler."""
+    import onnx
+
+    from refdiff.graph.generator import build_generator, build_step, save_model
+    from refdiff.runtime.generator import OnnxGenerator, compare_with_python
+
+    ts = time.perf_counter()
+    choice = den.diffusion.choose_sampler()  # the default sampler and its steps
+    proto = onnx.load(str(out / "model.onnx"))
+    path = save_model(build_generator(proto, choice), out / "generator.onnx")
+    save_model(build_step(proto, choice), out / "generator-step.onnx")
+    report = compare_with_python(
+        OnnxGenerator(path, session_options=options), den, seeds=(seed,), indices=range(16)
+    )
+    print(f"    generator.onnx ({choice.describe()}): {report.report()}", flush=True)
+    return {
+        "sampler": choice.to_dict(),
+        "bytes": path.stat().st_size,
+        "max_abs": report.max_abs,
+        "pixels_differing": report.pixels_differing,
+        "pixels": report.pixels,
+        "ok": report.ok,
+        "seconds": round(time.perf_counter() - ts, 2),
+    }
+
+
+def _generator_line(g: dict[str, Any] | None) -> str:
+    if not g:
+        return "(not built)"
+    s = g["sampler"]
+    return (
+        f"generator.onnx holds the model and {s['sampler']} with {s['steps']} steps "
+        f"({g['bytes'] / 2**20:.1f} MiB): seed and sample indices in, images out. Against the "
+        f"Python sampler on the same seed: max abs difference {g['max_abs']:.1e}, "
+        f"{g['pixels_differing']} of {g['pixels']} 8-bit pixels differ."
+    )
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -444,6 +487,10 @@ def _write_report(out: Path, report: dict[str, Any]) -> None:
         "benchmarks/quality_vs_steps.py averages several, see docs/samplers.md).",
         "",
         "![quality vs network calls](quality_vs_calls.png)",
+        "",
+        "## The sampler in the file",
+        "",
+        _generator_line(tf.get("generator")),
         "",
         "## Export parity (onnxruntime vs PyTorch, fresh random inputs)",
         "",

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..data import DEFAULT_HOLDOUT
 from ._argtypes import fraction, non_negative_int, positive_int, value_range
+from ._eval_shards import add_arguments as add_shard_arguments
 
-__all__ = ["add_parser", "read_samples", "run"]
+__all__ = ["add_parser", "run"]
 
 _EPILOG = """\
 examples:
@@ -31,6 +31,12 @@ examples:
   refdiff eval model.onnx --data images.npz --value-range 0,1  # your own images, floats in [0, 1]
       an image folder or .npz file is scored on its held-out share (--holdout-fraction), the
       images that `refdiff train` held out
+  refdiff eval model.onnx --samples 's-shard*.npz' --no-full --mc-draws 0
+      the shards of `refdiff sample --shard` joined (checked: one model, seed and sampler,
+      every index once) and scored alone, as one run of all the samples
+  torchrun --nproc_per_node 4 -m refdiff.cli eval model.onnx --shard auto --out parts/e.npz
+  refdiff eval --merge 'parts/e-shard*.npz' --out report.json
+      the bound over 4 shards of the images, merged: the figures of one run (docs/scale.md)
 
 The full bound calls the model T times per batch of images; the Monte-Carlo estimate calls it
 --mc-draws times. Bits/dim are those of the 8-bit images under the model (lower is better); the
@@ -67,6 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         metavar="MODEL",
+        nargs="?",
         help="an exported .onnx file (no PyTorch needed), or a training run folder, one of its "
         "checkpoints/ckpt-* folders or a diffusers pipeline folder (through PyTorch)",
     )
@@ -109,9 +116,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--samples",
         metavar="NPZ",
+        nargs="+",
         default=None,
         help="an .npz of uint8 samples [N, C, H, W] under the key 'images' (as written by "
-        "`refdiff sample`): report sample quality",
+        "`refdiff sample`), or the shards of one run (several files or a quoted glob, joined "
+        "in index order after checking they share the model, seed and sampler and hold every "
+        "index once): report sample quality",
     )
     p.add_argument(
         "--mc-draws",
@@ -150,50 +160,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="write the plot of the bound's per-timestep terms here (needs the full bound)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_shard_arguments(p)
     p.set_defaults(func=run)
     return p
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def read_samples(path: str) -> Any:
-    """The uint8 images [N, C, H, W] stored under ``images`` in an .npz file.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        An empty or unreadable file, no ``images`` array, no images, or not uint8 [N, C, H, W].
-    """
-    import numpy as np
-
-    from ..data.npz import open_npz
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no such sample file: {path!r}")
-    with open_npz(path, "sample file") as npz:
-        keys = list(npz.files)
-        try:
-            images = npz["images"] if "images" in keys else None
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"cannot read the sample file {path!r}: {exc}") from None
-    if images is None:
-        raise ValueError(
-            f"the sample file {path!r} has no 'images' array (it holds {keys}); `refdiff sample` "
-            "writes the uint8 images under 'images'"
-        )
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"the samples in {path!r} must be uint8 images [N, C, H, W], got {images.dtype} "
-            f"{list(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"the sample file {path!r} holds no images (shape {list(images.shape)})")
-    return images
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,15 +179,22 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    m, b = report["model"], report["bits_per_dim"]
+    m, b = report["model"], report["bits_per_dim"] or {}
     d = report["diffusion"]
     where = m["path"] + (f" (step {m['step']})" if "step" in m else "")
     print(
-        f"\n{where}: {m['kind']}, T = {b['T']}, {d['prediction']} prediction, {d['variance']} "
-        f"variance\nheld-out: {report['data']['name']}, {report['data']['num_images']} images\n"
+        f"\n{where}: {m['kind']}, T = {d['schedule']['T']}, {d['prediction']} prediction, "
+        f"{d['variance']} variance\nheld-out: {report['data']['name']}, "
+        f"{report['data']['num_images']} images\n"
     )
+    merged = report.get("merged") or {}
+    if merged.get("missing"):
+        print(
+            f"PARTIAL: {merged['missing']} of the run's {merged['num_images']} images missing "
+            f"({merged['missing_indices']}): the figures are those of the others\n"
+        )
     rows = [("bits/dim (lower is better)", "value", "± s.e.", "")]
-    if b["bpd_full"] is not None:
+    if b.get("bpd_full") is not None:
         rows.append(
             (
                 "diffusion, full bound",
@@ -227,7 +203,7 @@ def _print_report(report: dict[str, Any]) -> None:
                 "over images",
             )
         )
-    if b["bpd_mc"] is not None:
+    if b.get("bpd_mc") is not None:
         rows.append(
             (
                 f"diffusion, Monte-Carlo ({b['num_draws']} t/image, {b['mc_timesteps']})",
@@ -245,6 +221,8 @@ def _print_report(report: dict[str, Any]) -> None:
     if q is None:
         return
     print(f"\nsamples: {report['samples']['path']}, {report['samples']['num_samples']} images")
+    if report["samples"].get("missing"):
+        print(f"  PARTIAL: {report['samples']['missing']} of {report['samples']['n']} missing")
     if "fd" in q:
         print(
             f"  Fréchet distance (classifier features) {q['fd']:.3f}   floor {q['fd_floor']:.3f} "
@@ -270,23 +248,65 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._io import check_output_file, make_dir, write_json
-    from ..data import load_dataset
-    from ..evaluation import evaluate
+    from ._eval_shards import check_shard_output, merged_report
 
     t0 = time.perf_counter()
-    if args.no_full and args.mc_draws == 0:
-        raise ValueError("nothing to evaluate: --no-full together with --mc-draws 0")
-    if args.plot_terms is not None and args.no_full:
+    part = check_shard_output(args)  # a --shard run's output; --merge's conflicts
+    if args.model is None and args.merge is None:
+        raise ValueError("MODEL is missing: give the model to evaluate (or --merge PARTS)")
+    if args.no_full and args.mc_draws == 0 and args.samples is None:
+        raise ValueError(
+            "nothing to evaluate: --no-full together with --mc-draws 0 (add --samples to score "
+            "samples alone)"
+        )
+    if args.plot_terms is not None and args.no_full and args.merge is None:
         raise ValueError("--plot-terms needs the full bound; drop --no-full")
     # where the results go, before the (long) evaluation; nothing is created yet
-    if args.out is not None:
+    if args.out is not None and part is None:
         check_output_file(args.out, suffix=".json", what="--out report")
     if args.plot_terms is not None:
         check_output_file(args.plot_terms, suffix=".png", what="--plot-terms plot")
+    if args.merge is not None:
+        report = merged_report(args)
+    else:
+        report = _evaluate(args, t0, part)
+        if report is None:  # a shard: its partial result is written
+            return 0
+    seconds = report["seconds"]
+    bpd = report["bits_per_dim"]
+    if args.plot_terms is not None:
+        from ..plots import plot_bound_terms
+
+        if bpd is None or bpd["terms_bpd"] is None:
+            raise ValueError("--plot-terms needs the full bound, which the partial results lack")
+        report["plot_terms"] = str(
+            plot_bound_terms(bpd["terms_bpd"], args.plot_terms, prior_bpd=bpd["prior_bpd"])
+        )
+    seconds["total"] = time.perf_counter() - t0
+    _print_report(report)
+    if args.out is not None:
+        out = Path(args.out)
+        make_dir(out.parent)
+        write_json(out, report)
+        print(f"\nwrote {out}")
+    if args.plot_terms is not None:
+        print(f"wrote {report['plot_terms']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, t0: float, part: Path | None) -> dict[str, Any] | None:
+    """Open the model and the data, evaluate, and return the report; with ``--shard``, write the
+    shard's partial result to ``part`` instead and return None."""
+    from ..data import load_dataset
+    from ..evaluation import evaluate
+    from ..evaluation.evaluate import score_images
+
     # Read every input before the long part, so a bad one fails fast.
     from ..models import open_model
+    from ..runtime.shards import launcher_device
+    from ._eval_shards import images_sha256, join_samples, note_other_model, save_shard
 
-    opened = open_model(args.model, device=args.device)
+    opened = open_model(args.model, device=launcher_device(args.device))
     if opened.denoiser is None:
         raise ValueError(
             f"{args.model!r} is a {opened.format} file: its sampler and network run inside the "
@@ -294,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
             "built from"
         )
     denoiser, diffusion, model_info = opened.denoiser, opened.diffusion, dict(opened.info)
+    model_info["fingerprint"] = opened.fingerprint
     if "run_steps" in model_info and model_info["step"] < model_info["run_steps"]:
         print(
             f"note: the run is at step {model_info['step']} of {model_info['run_steps']}; "
@@ -323,11 +344,13 @@ def run(args: argparse.Namespace) -> int:
     # The baseline, the classifier's floor and the memorisation check use the training split.
     train = data if args.split == "train" else load("train")
     samples = reference = None
-    if args.samples is not None:
-        samples = read_samples(args.samples)
+    joined = join_samples(args)
+    if joined is not None:
+        samples = joined.images
+        note_other_model(joined, opened.fingerprint)
         if tuple(samples.shape[1:]) != tuple(data.shape):
             raise ValueError(
-                f"the samples in {args.samples!r} have shape (C, H, W) = "
+                f"the samples in {joined.paths[0]!r} have shape (C, H, W) = "
                 f"{tuple(samples.shape[1:])}, the data {args.data!r} {tuple(data.shape)}"
             )
         if args.data == "digits":
@@ -340,6 +363,39 @@ def run(args: argparse.Namespace) -> int:
             )
             samples = None
     load_data = time.perf_counter() - t1
+    data_info = {
+        "spec": args.data,
+        "name": data.name,
+        "split": args.split,
+        "num_images": int(images.shape[0]),
+        "image_shape": list(data.shape),
+    }
+    method = {
+        "full": not args.no_full,
+        "num_draws": args.mc_draws,
+        "mc_timesteps": args.mc_timesteps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    if part is not None:
+        scores = score_images(
+            denoiser, diffusion, images, train_uint8=train.images, shard=args.shard, **method
+        )
+        # what the shards must share; the data by its images, whatever path each job gave
+        ident_data = {k: v for k, v in data_info.items() if k != "spec"}
+        ident_data["images_sha256"] = images_sha256(images)
+        ident_data["train_images_sha256"] = images_sha256(train.images)
+        identity = {
+            "model": {"fingerprint": opened.fingerprint, "format": opened.format},
+            "diffusion": diffusion.to_dict(),
+            "data": ident_data,
+        }
+        about = {"model": model_info, "data_spec": args.data}
+        save_shard(
+            args, part, scores, identity=identity, about=about, num_images=int(images.shape[0])
+        )
+        return None
 
     report = evaluate(
         denoiser,
@@ -349,44 +405,14 @@ def run(args: argparse.Namespace) -> int:
         samples_uint8=samples,
         reference_uint8=None if reference is None else reference.images,
         digits=args.data == "digits",
-        full=not args.no_full,
-        num_draws=args.mc_draws,
-        mc_timesteps=args.mc_timesteps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **method,
     )
     seconds = {"load_model": load_model, "load_data": load_data, **report.pop("seconds")}
-    report = {
+    return {
         "model": model_info,
         "diffusion": diffusion.to_dict(),
-        "data": {
-            "spec": args.data,
-            "name": data.name,
-            "split": args.split,
-            "num_images": int(images.shape[0]),
-            "image_shape": list(data.shape),
-        },
+        "data": data_info,
         **report,
-        "samples": None
-        if samples is None
-        else {"path": str(args.samples), "num_samples": int(samples.shape[0])},
+        "samples": None if samples is None else joined.describe(),
         "seconds": seconds,
     }
-    bpd = report["bits_per_dim"]
-    if args.plot_terms is not None:
-        from ..plots import plot_bound_terms
-
-        report["plot_terms"] = str(
-            plot_bound_terms(bpd["terms_bpd"], args.plot_terms, prior_bpd=bpd["prior_bpd"])
-        )
-    seconds["total"] = time.perf_counter() - t0
-    _print_report(report)
-    if args.out is not None:
-        out = Path(args.out)
-        make_dir(out.parent)
-        write_json(out, report)
-        print(f"\nwrote {out}")
-    if args.plot_terms is not None:
-        print(f"wrote {report['plot_terms']}")
-    return 0

@@ -266,8 +266,7 @@ def _export_generator(args: argparse.Namespace, out: Path) -> int:
         if args.no_verify:
             return 0
         gen = OnnxGenerator(out)
-        fp16 = gen.metadata.denoiser.get("dtype") == "float16"
-        report = compare_with_python(gen, OnnxDenoiser(den_path), tolerance=2e-2 if fp16 else 1e-4)
+        report = compare_with_python(gen, OnnxDenoiser(den_path))
         print(report.report())
         stepped = OnnxStepper(step_out).run(0, [0, 1])
         step_diff = float(abs(stepped - gen.run(0, [0, 1])[0]).max())
@@ -301,8 +300,7 @@ def _check_generator(args: argparse.Namespace, path: Path) -> int:
         other = open_model(args.checkpoint, ema=False if args.no_ema else None)
         if other.denoiser is None:
             raise ValueError(f"{args.checkpoint!r} is a {other.format} file, not a model")
-        fp16 = meta.denoiser.get("dtype") == "float16"
-        tol = args.rtol if args.rtol is not None else (2e-2 if fp16 else 1e-4)
+        tol = args.rtol if args.rtol is not None else 1e-4
         report = compare_with_python(
             gen, other.denoiser, seeds=(args.seed, args.seed + 1), tolerance=tol
         )

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from ..samplers import DEFAULT_SAMPLER, SAMPLERS
-from ._argtypes import non_negative_int, positive_int
+from ._argtypes import non_negative_int, positive_int, shard
 from ._sampler_args import add_sampler_arguments, choose_sampler, sampler_table
 
 __all__ = ["add_parser", "run"]
@@ -35,24 +35,18 @@ examples:
   refdiff sample model.onnx --n 50000 --device cuda --batch-size 500
       on an NVIDIA GPU (pip install 'refdiff[cuda12]' or 'refdiff[cuda13]'); the update of
       every sampler but heun runs as one fused CUDA kernel per step
-  refdiff sample model.onnx --n 50000 --shard 2/8 --out shard2.png
-      shard 2 (counted from 0) of 8: samples 12500..18749 of the 50000-sample run; the 8 shards
-      together are exactly the unsharded run, whatever --batch-size each uses
+  refdiff sample model.onnx --n 50000 --shard 2/8 --out s.png
+      shard 2 (counted from 0) of 8: samples 12500..18749 of the 50000-sample run, written to
+      s-shard02of08.png/.npz; the 8 shards together are exactly the unsharded run, whatever
+      --batch-size each uses (refdiff eval --samples 's-shard*.npz' joins and checks them)
+  torchrun --nproc_per_node 8 -m refdiff.cli sample model.onnx --n 50000 --shard auto
+      each process its shard from the launcher (a Slurm array works too: docs/scale.md)
 
 Every sample is a pure function of (--seed, its global index): batch size, shards and device
 change nothing but the speed (and float rounding between CPU and GPU).
 
 {sampler_table()}
 """
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from ..runtime.sampling import parse_shard
-
-    try:
-        return parse_shard(text)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,7 +68,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or a diffusers pipeline folder",
     )
     p.add_argument(
-        "--n", type=positive_int, default=64, help="samples in the whole run (default: 64)"
+        "--n",
+        "--num-samples",
+        type=positive_int,
+        default=64,
+        help="samples in the whole run (default: 64); under torchrun spell it --num-samples "
+        "(torchrun takes --n for an abbreviation of its own options)",
     )
     add_sampler_arguments(p)
     p.add_argument(
@@ -85,10 +84,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (default: 0)")
     p.add_argument(
         "--shard",
-        type=_shard,
+        type=shard,
         default=None,
-        metavar="K/N",
-        help="draw only shard K (from 0) of N of the run's samples, e.g. 0/4",
+        metavar="K/N|auto",
+        help="draw only shard K (from 0) of N of the run's samples, e.g. 0/4; 'auto': from the "
+        "launcher (torchrun's RANK/WORLD_SIZE, a Slurm array, srun, MPI; docs/scale.md). "
+        "Writes OUT-shardKKofNN.png/.npz",
     )
     p.add_argument(
         "--batch-size",
@@ -108,15 +109,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
 
     from ..models import open_model
     from ..runtime.sampling import check_output_path, sample_images, save_samples, shard_range
+    from ..runtime.shards import launcher_device, sample_record, shard_glob, shard_path
 
     start, stop = shard_range(args.n, args.shard)  # checks n against the shard count
-    png, npz = check_output_path(args.out)  # before the (long) sampling, not after
+    # before the (long) sampling, not after; a shard's files carry it in their name
+    png, npz = check_output_path(shard_path(args.out, args.shard))
+    args.device = launcher_device(args.device)  # cuda under torchrun: cuda:LOCAL_RANK
     model = open_model(args.model, device=args.device)
     if model.format in ("generator", "step"):
         return _run_generator(args, model, png, start, stop)
@@ -138,14 +140,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    info: dict[str, Any] = {
-        "sampler": choice.name,
-        "steps": choice.steps,
-        "spacing": choice.spacing.value,
-        "options": json.dumps(dict(choice.options), sort_keys=True),
-        "n": args.n,
-        "model": str(args.model),
-    }
+    info = sample_record(
+        choice, n=args.n, shard=args.shard, model_fingerprint=model.fingerprint, model=args.model
+    )
     save_samples(
         images,
         png,
@@ -157,16 +154,17 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {png} (grid of {images.shape[0]}) and {npz} (images, indices {start}..{stop - 1}, seed)"
     )
+    if args.shard is not None:
+        print(f"join the shards: refdiff eval MODEL --samples '{shard_glob(npz, args.shard)}'")
     return 0
 
 
 def _run_generator(args: argparse.Namespace, model: Any, png: Any, start: int, stop: int) -> int:
     """A generator file runs as it is: its sampler, steps and options are inside the graph."""
-    import json
-
     import numpy as np
 
     from ..runtime.sampling import save_samples
+    from ..runtime.shards import sample_record
     from ._sampler_args import sampler_flags_given
 
     if model.format == "step":
@@ -195,15 +193,13 @@ def _run_generator(args: argparse.Namespace, model: Any, png: Any, start: int, s
             batch_size=args.batch_size,
             progress=lambda done: bar.update(done - bar.n),
         )
-    s = meta.sampler
-    info = {
-        "sampler": s["sampler"],
-        "steps": s["steps"],
-        "spacing": s["spacing"],
-        "options": json.dumps(s.get("options", {}), sort_keys=True),
-        "n": args.n,
-        "model": str(args.model),
-    }
+    info = sample_record(
+        meta.sampler,
+        n=args.n,
+        shard=args.shard,
+        model_fingerprint=model.fingerprint,
+        model=args.model,
+    )
     save_samples(
         images, png, indices=np.arange(start, stop), seed=args.seed, info=info, nrow=args.nrow
     )

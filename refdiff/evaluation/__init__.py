@@ -6,6 +6,8 @@
 - :mod:`.quality`: Fréchet distance, classifier confidence and coverage, memorisation;
 - :mod:`.classifier`: the small digits classifier whose features the Fréchet distance uses;
 - :mod:`.toys`: exact checks on Gaussian-mixture toys;
+- :mod:`.shards`: a shard's per-image scores and the partial files ``refdiff eval --shard``
+  writes and ``--merge`` joins;
 - :mod:`.cli`: the ``refdiff eval`` command (which imports torch only for a PyTorch checkpoint).
 
 NumPy and SciPy only: no torch. See docs/evaluation.md.
@@ -14,7 +16,7 @@ NumPy and SciPy only: no torch. See docs/evaluation.md.
 from __future__ import annotations
 
 from .classifier import DigitsClassifier, digits_classifier, train_digits_classifier
-from .evaluate import evaluate
+from .evaluate import evaluate, score_images
 from .likelihood import BoundParts, bits_per_dim, bound_parts, importance_timestep_probs
 from .quality import (
     digits_sample_quality,
@@ -23,11 +25,13 @@ from .quality import (
     memorisation_report,
     nearest_neighbour_distances,
 )
+from .shards import ImageScores, merge_partials, read_partial, save_partial
 from .toys import toy_bound_gap, toy_mixture_report
 
 __all__ = [
     "BoundParts",
     "DigitsClassifier",
+    "ImageScores",
     "bits_per_dim",
     "bound_parts",
     "digits_classifier",
@@ -37,7 +41,11 @@ __all__ = [
     "frechet_distance_gaussians",
     "importance_timestep_probs",
     "memorisation_report",
+    "merge_partials",
     "nearest_neighbour_distances",
+    "read_partial",
+    "save_partial",
+    "score_images",
     "toy_bound_gap",
     "toy_mixture_report",
     "train_digits_classifier",

@@ -7,7 +7,9 @@ class coverage; for any images: the memorisation check). It returns one JSON-rea
 
 A process evaluating a shard of the images (the trainer under torchrun) passes ``shard`` and a
 ``gather`` that concatenates arrays over the processes; every process then gets the report of the
-whole set.
+whole set. Processes that share no process group (``refdiff eval --shard``) each call
+:func:`score_images` and write its per-image scores; :mod:`.shards` joins the files into the
+same report, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,16 +22,80 @@ import numpy as np
 
 from ..baseline import IndependentPixelModel
 from ..data import check_uint8_images
+from ..runtime.sampling import shard_range
 from ..settings import Diffusion
 from .likelihood import bound_parts, importance_timestep_probs
 from .quality import digits_sample_quality, memorisation_report
+from .shards import ImageScores
 
-__all__ = ["PILOT_IMAGES", "evaluate"]
+__all__ = ["PILOT_IMAGES", "evaluate", "score_images"]
 
 #: Training images of the pilot run that sets the Monte-Carlo estimate's timestep distribution.
 PILOT_IMAGES = 16
 
 MC_TIMESTEPS = ("importance", "uniform")
+
+
+def score_images(
+    denoiser: Callable[[Any, Any], Any],
+    diffusion: Diffusion,
+    heldout_uint8: np.ndarray,
+    *,
+    train_uint8: np.ndarray,
+    full: bool = True,
+    num_draws: int = 16,
+    mc_timesteps: str = "importance",
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    xp: Any = None,
+    device: Any = None,
+) -> ImageScores:
+    """The per-image bound and baseline of ``heldout_uint8``, or of its ``shard``: the part of
+    :func:`evaluate` that one process of a sharded evaluation computes (arguments as there).
+
+    Shard ``(K, N)`` scores the contiguous block ``shard_range(len(heldout_uint8), (K, N))``
+    of the images, as sampling's shards; image i's noise depends on (seed, i) only. With
+    ``full=False`` and ``num_draws=0`` only the baseline is scored.
+    """
+    heldout = check_uint8_images(heldout_uint8, "held-out images")
+    train = check_uint8_images(train_uint8, "training images")
+    if mc_timesteps not in MC_TIMESTEPS:
+        raise ValueError(f"mc_timesteps must be one of {MC_TIMESTEPS}, got {mc_timesteps!r}")
+    seconds: dict[str, float] = {}
+    common = {"xp": xp, "device": device}
+
+    probs = None
+    if num_draws and mc_timesteps == "importance":
+        # Pilot on training images, not the evaluated ones: p(t) stays independent of them.
+        t0 = time.perf_counter()
+        probs = importance_timestep_probs(
+            denoiser, diffusion, train[:PILOT_IMAGES], seed=seed + 1, **common
+        )
+        seconds["mc_pilot"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    start, stop = shard_range(heldout.shape[0], shard, what="images")
+    indices = np.arange(start, stop, dtype=np.int64)
+    parts = None
+    if full or num_draws:
+        parts = bound_parts(
+            denoiser,
+            diffusion,
+            heldout[start:stop],
+            full=full,
+            num_draws=num_draws,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            timestep_probs=probs,
+            indices=indices,
+            **common,
+        )
+        seconds["bits_per_dim"] = time.perf_counter() - t0
+    base = IndependentPixelModel().fit(train).bits_per_dim(heldout[start:stop])
+    return ImageScores(indices, parts, base, probs, seconds)
 
 
 def evaluate(
@@ -79,8 +145,9 @@ def evaluate(
         Timesteps of the Monte-Carlo estimate: importance-sampled from a pilot run of the full
         bound on training images (far less noise) or uniform.
     shard : (rank, world), optional
-        Score only this process's part of ``heldout_uint8`` (``numpy.array_split`` of the indices);
-        with ``gather`` the report covers all of it.
+        Score only this process's part of ``heldout_uint8`` (the contiguous block
+        ``shard_range(N, shard)``, as sampling's shards); with ``gather`` the report covers all
+        of it.
     gather : callable, optional
         Concatenates a NumPy array over the processes in rank order (needed with ``shard``).
 
@@ -93,55 +160,27 @@ def evaluate(
     """
     heldout = check_uint8_images(heldout_uint8, "held-out images")
     train = check_uint8_images(train_uint8, "training images")
-    if mc_timesteps not in MC_TIMESTEPS:
-        raise ValueError(f"mc_timesteps must be one of {MC_TIMESTEPS}, got {mc_timesteps!r}")
     if shard is not None and gather is None:
         raise ValueError("a sharded evaluation needs gather= to join the shards")
-    seconds: dict[str, float] = {}
-    common = {"xp": xp, "device": device}
-
-    probs = None
-    if num_draws and mc_timesteps == "importance":
-        # Pilot on training images, not the evaluated ones: p(t) stays independent of them.
-        t0 = time.perf_counter()
-        probs = importance_timestep_probs(
-            denoiser, diffusion, train[:PILOT_IMAGES], seed=seed + 1, **common
-        )
-        seconds["mc_pilot"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    indices = np.arange(heldout.shape[0], dtype=np.int64)
-    if shard is not None:
-        rank, world = shard
-        indices = np.array_split(indices, world)[rank]
-    parts = bound_parts(
+    parts = score_images(
         denoiser,
         diffusion,
-        heldout[indices],
+        heldout,
+        train_uint8=train,
         full=full,
         num_draws=num_draws,
+        mc_timesteps=mc_timesteps,
         batch_size=batch_size,
         seed=seed,
         progress=progress,
-        timestep_probs=probs,
-        indices=indices,
-        **common,
+        shard=shard,
+        xp=xp,
+        device=device,
     )
     if gather is not None:
         parts = parts.join(gather)
-    seconds["bits_per_dim"] = time.perf_counter() - t0
-
-    base = IndependentPixelModel().fit(train).bits_per_dim(heldout)
-    report: dict[str, Any] = {
-        "bits_per_dim": parts.summary(),
-        "baseline": {
-            "name": "independent pixels (discretized Gaussian per position, fitted on train)",
-            "bpd": float(base.mean()),
-            "bpd_stderr": float(base.std(ddof=1) / np.sqrt(base.size)) if base.size > 1 else None,
-        },
-        "sample_quality": None,
-        "seconds": seconds,
-    }
+    seconds = dict(parts.seconds)
+    report: dict[str, Any] = {**parts.report(), "sample_quality": None, "seconds": seconds}
     if samples_uint8 is not None:
         t0 = time.perf_counter()
         samples = check_uint8_images(samples_uint8, "samples")

@@ -87,19 +87,23 @@ def bits_per_dim(
 
 @dataclass
 class BoundParts:
-    """The bound's pieces per image (float64 NumPy), before they are averaged: the full bound
-    ``total`` [N] and ``prior`` [N] with the per-timestep sums ``terms_sum`` and ``mse_sum`` [T]
-    (None without the full pass), the Monte-Carlo ``mc_estimate`` [N] and its variance
-    ``mc_var`` [N] (None without draws). Shards of one evaluation are joined with :meth:`join`."""
+    """The bound's pieces per image (float64 NumPy), before they are averaged: the global
+    ``indices`` of the images [N], the full bound ``total`` [N] and ``prior`` [N] with the
+    per-timestep ``terms`` and ``mse`` [N, T] (None without the full pass), the Monte-Carlo
+    ``mc_estimate`` [N] and its variance ``mc_var`` [N] (None without draws). Shards of one
+    evaluation are joined with :meth:`join` (in one run of processes) or :meth:`concat` (from
+    files); every average is then taken over the joined per-image arrays in image order, so the
+    figures of any split equal those of one process bit for bit."""
 
     T: int
     seed: int
     num_draws: int
     mc_timesteps: str
+    indices: np.ndarray | None = None
     total: np.ndarray | None = None
     prior: np.ndarray | None = None
-    terms_sum: np.ndarray | None = None
-    mse_sum: np.ndarray | None = None
+    terms: np.ndarray | None = None
+    mse: np.ndarray | None = None
     mc_estimate: np.ndarray | None = None
     mc_var: np.ndarray | None = None
     seconds_full: float | None = None
@@ -110,25 +114,44 @@ class BoundParts:
         arr = self.total if self.total is not None else self.mc_estimate
         return 0 if arr is None else int(arr.shape[0])
 
+    #: The per-image arrays (first axis: the images), what shards join.
+    PER_IMAGE = ("indices", "total", "prior", "terms", "mse", "mc_estimate", "mc_var")
+
+    @property
+    def terms_sum(self) -> np.ndarray | None:
+        """Σ over the images of each L_t [T], in image order (None without the full pass)."""
+        return None if self.terms is None else self.terms.sum(axis=0)
+
+    @property
+    def mse_sum(self) -> np.ndarray | None:
+        """Σ over the images of each timestep's x̂₀ MSE [T], in image order."""
+        return None if self.mse is None else self.mse.sum(axis=0)
+
     def join(self, gather: Callable[[np.ndarray], np.ndarray]) -> BoundParts:
         """The parts of the whole evaluation, from this process's: ``gather`` concatenates an
         array of every process in rank order (the identity in one process)."""
+        joined = {
+            k: None if getattr(self, k) is None else gather(getattr(self, k))
+            for k in self.PER_IMAGE
+        }
+        if joined["indices"] is not None:
+            joined["indices"] = joined["indices"].astype(np.int64)  # a gather may pass floats
+        return dataclasses.replace(self, **joined)
 
-        def per_image(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else gather(a)
-
-        def per_step(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else gather(a).reshape(-1, self.T).sum(axis=0)
-
-        return dataclasses.replace(
-            self,
-            total=per_image(self.total),
-            prior=per_image(self.prior),
-            terms_sum=per_step(self.terms_sum),
-            mse_sum=per_step(self.mse_sum),
-            mc_estimate=per_image(self.mc_estimate),
-            mc_var=per_image(self.mc_var),
-        )
+    @classmethod
+    def concat(cls, parts: list[BoundParts]) -> BoundParts:
+        """The parts of several shards (already in image order) as one; the scalar fields and
+        the seconds are the first's and the sums of all."""
+        first = parts[0]
+        joined = {
+            k: None if getattr(first, k) is None else np.concatenate([getattr(p, k) for p in parts])
+            for k in cls.PER_IMAGE
+        }
+        seconds = {
+            k: None if getattr(first, k) is None else sum(getattr(p, k) or 0.0 for p in parts)
+            for k in ("seconds_full", "seconds_mc")
+        }
+        return dataclasses.replace(first, **joined, **seconds)
 
     def summary(self) -> dict[str, Any]:
         """The averages over the images: see :func:`bits_per_dim`."""
@@ -228,22 +251,22 @@ def bound_parts(
         seed=seed,
         num_draws=num_draws,
         mc_timesteps="uniform" if timestep_probs is None else "importance",
+        indices=index.astype(np.int64),
     )
     try:
         if full:
             t0 = time.perf_counter()
-            totals, priors = [], []
-            terms_sum, mse_sum = np.zeros(T), np.zeros(T)
+            totals, priors, terms, mses = [], [], [], []
             for x, idx in batches():
                 res = diffusion.bound(
                     denoiser, x, seed=seed, sample_indices=idx, progress=lambda *_: bar.update(1)
                 )
                 totals.append(to_host(res.total_bpd).astype(np.float64))
                 priors.append(to_host(res.prior_bpd).astype(np.float64))
-                terms_sum += to_host(res.terms_bpd).astype(np.float64).sum(axis=0)
-                mse_sum += to_host(res.x0_mse).astype(np.float64).sum(axis=0)
+                terms.append(to_host(res.terms_bpd).astype(np.float64))
+                mses.append(to_host(res.x0_mse).astype(np.float64))
             parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
-            parts.terms_sum, parts.mse_sum = terms_sum, mse_sum
+            parts.terms, parts.mse = np.concatenate(terms), np.concatenate(mses)
             parts.seconds_full = time.perf_counter() - t0
         if num_draws:
             t0 = time.perf_counter()

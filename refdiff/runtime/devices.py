@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DeviceUnavailableError", "import_cupy", "import_onnxruntime", "parse_device"]
+__all__ = [
+    "DeviceUnavailableError",
+    "default_session_options",
+    "import_cupy",
+    "import_onnxruntime",
+    "parse_device",
+    "weights_dtype",
+]
 
 
 class DeviceUnavailableError(ValueError):
@@ -58,3 +65,33 @@ def import_cupy(device_id: int) -> Any:
             f"device 'cuda:{device_id}' does not exist; this machine has {count} CUDA device(s)"
         )
     return cupy
+
+
+def default_session_options(ort: Any, weights_dtype: str) -> Any:
+    """The session options refdiff opens a file with when the caller gives none.
+
+    float16 networks get onnxruntime's ``ORT_ENABLE_EXTENDED`` optimizations instead of
+    ``ORT_ENABLE_ALL``: with ALL, onnxruntime rounds a float16 network differently when it is
+    called inside a generator graph than when it is called on its own (1e-2 after 10 steps of
+    the tiny U-Net), with EXTENDED the two agree bit for bit (docs/generator.md). Load-time
+    warnings (the generator's overridable inputs) are silenced.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if weights_dtype == "float16":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return options
+
+
+def weights_dtype(path: Any) -> str:
+    """The weight dtype a refdiff file's metadata names (a denoiser's ``dtype``, a generator's
+    denoiser's), read without parsing the graph; ``"float32"`` when it names none."""
+    import json
+
+    from ..onnx_contract import METADATA_KEY, read_metadata_props
+
+    try:
+        meta = json.loads(read_metadata_props(path).get(METADATA_KEY) or "{}")
+        return str(meta.get("dtype") or meta.get("denoiser", {}).get("dtype") or "float32")
+    except (ValueError, AttributeError):
+        return "float32"

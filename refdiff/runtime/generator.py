@@ -31,7 +31,7 @@ from ..onnx_contract import (
     GeneratorMetadata,
     check_onnx_file,
 )
-from .devices import import_onnxruntime
+from .devices import default_session_options, import_onnxruntime, weights_dtype
 from .sampling import parse_shard, shard_range
 
 __all__ = [
@@ -107,10 +107,7 @@ class _Session:
         check_onnx_file(self.path)
         ort = import_onnxruntime()
         if session_options is None:
-            session_options = ort.SessionOptions()
-            # the optional inputs (x_T, noise) are overridable initializers, which onnxruntime
-            # mentions at warning level on every load
-            session_options.log_severity_level = 3
+            session_options = default_session_options(ort, weights_dtype(self.path))
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=session_options, providers=["CPUExecutionProvider"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,12 +31,14 @@ from ..sampler_registry import SamplerChoice, SamplerSpec
 from ..settings import Diffusion
 
 __all__ = [
+    "LAUNCHERS",
     "Denoiser",
     "check_output_path",
     "parse_shard",
     "sample_array",
     "sample_images",
     "save_samples",
+    "shard_from_environment",
     "shard_range",
     "to_uint8",
 ]
@@ -53,18 +55,134 @@ class Denoiser(Protocol):
     def __call__(self, x: Any, t: Any) -> Any: ...
 
 
+#: The launchers ``--shard auto`` reads, in order of precedence within one job: the first whose
+#: size variable is set gives the process's (rank, world size). torchrun comes first: started by
+#: srun once per node it sets a global RANK, while SLURM_PROCID then counts nodes.
+LAUNCHERS: tuple[tuple[str, str, str], ...] = (
+    ("torchrun", "RANK", "WORLD_SIZE"),
+    ("srun", "SLURM_PROCID", "SLURM_NTASKS"),
+    ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("MPICH, Intel MPI", "PMI_RANK", "PMI_SIZE"),
+)
+#: A Slurm job array splits the run across jobs; each job's processes split its share.
+SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+
+
+def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int:
+    raw = env[name]
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"shard 'auto': {name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"shard 'auto': {name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _job_rank(env: Mapping[str, str]) -> tuple[int, int, str] | None:
+    """(rank, world size, where from) of the first launcher of :data:`LAUNCHERS` that is set."""
+    for name, rank_var, size_var in LAUNCHERS:
+        has_rank, has_size = (
+            bool(env.get(rank_var, "").strip()),
+            bool(env.get(size_var, "").strip()),
+        )
+        if not has_size:
+            # sbatch sets SLURM_PROCID=0 in a batch script even without --ntasks: no split
+            if has_rank and not (rank_var == "SLURM_PROCID" and env[rank_var].strip() == "0"):
+                raise ValueError(
+                    f"shard 'auto': {rank_var} is set ({env[rank_var]!r}) but {size_var} is not "
+                    f"({name} sets both)"
+                )
+            continue
+        if not has_rank:
+            raise ValueError(
+                f"shard 'auto': {size_var} is set ({env[size_var]!r}) but {rank_var} is not "
+                f"({name} sets both)"
+            )
+        rank, size = _env_int(env, rank_var, 0), _env_int(env, size_var, 1)
+        if rank >= size:
+            raise ValueError(
+                f"shard 'auto': {rank_var}={rank} must be below {size_var}={size} ({name})"
+            )
+        return rank, size, f"{rank_var}={rank}, {size_var}={size} ({name})"
+    return None
+
+
+def _array_task(env: Mapping[str, str]) -> tuple[int, int, str] | None:
+    """(task, task count, where from) of a Slurm job array; ``--array=0-7`` gives tasks 0..7 of 8
+    (any start and step: ``--array=1-15:2`` gives 0..7 too)."""
+    id_var, count_var = SLURM_ARRAY
+    has_id, has_count = bool(env.get(id_var, "").strip()), bool(env.get(count_var, "").strip())
+    if not (has_id or has_count):
+        return None
+    if not (has_id and has_count):
+        present, absent = (id_var, count_var) if has_id else (count_var, id_var)
+        raise ValueError(
+            f"shard 'auto': {present} is set ({env[present]!r}) but {absent} is not (a Slurm "
+            "job array sets both)"
+        )
+    task, count = _env_int(env, id_var, 0), _env_int(env, count_var, 1)
+    lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0) if env.get("SLURM_ARRAY_TASK_MIN") else 0
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1) if env.get("SLURM_ARRAY_TASK_STEP") else 1
+    hi = _env_int(env, "SLURM_ARRAY_TASK_MAX", 0) if env.get("SLURM_ARRAY_TASK_MAX") else None
+    where = f"{id_var}={task}, {count_var}={count}"
+    if hi is not None and hi - lo != (count - 1) * step:
+        raise ValueError(
+            f"shard 'auto': the Slurm array's task ids are not evenly spaced (min {lo}, max {hi}, "
+            f"step {step}, {count} tasks): use --array=0-{count - 1}"
+        )
+    k, off = divmod(task - lo, step)
+    if off or not 0 <= k < count:
+        raise ValueError(
+            f"shard 'auto': {id_var}={task} is not one of the {count} tasks of the array "
+            f"(min {lo}, step {step}): use --array=0-{count - 1}"
+        )
+    return k, count, where + (f" (array from {lo}, step {step})" if (lo, step) != (0, 1) else "")
+
+
+def shard_from_environment(env: Mapping[str, str] | None = None) -> tuple[int, int, str]:
+    """The shard ``(K, N)`` of this process from its launcher's environment, and where it came from.
+
+    Within one job the first of :data:`LAUNCHERS` whose size variable is set gives ``(rank,
+    world)``: torchrun's ``RANK``/``WORLD_SIZE``, then Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``
+    (srun), then Open MPI's and PMI's. A Slurm job array (``SLURM_ARRAY_TASK_ID``/
+    ``SLURM_ARRAY_TASK_COUNT``) splits the run across jobs first: task ``a`` of ``A`` running
+    ``world`` processes is shard ``a * world + rank`` of ``A * world``, so an array of
+    torchrun jobs needs nothing more. No variable set, half a pair set, a value that is not an
+    integer or a rank out of range is a ``ValueError`` naming the variables.
+    """
+    env = os.environ if env is None else env
+    job, array = _job_rank(env), _array_task(env)
+    if job is None and array is None:
+        pairs = ", ".join(f"{r}/{s} ({name})" for name, r, s in LAUNCHERS)
+        raise ValueError(
+            "shard 'auto': no launcher in the environment; expected "
+            f"{SLURM_ARRAY[0]}/{SLURM_ARRAY[1]} (a Slurm job array) or one of {pairs}; "
+            "or give the shard as K/N"
+        )
+    rank, world, job_where = job if job is not None else (0, 1, "")
+    task, tasks, array_where = array if array is not None else (0, 1, "")
+    where = "; ".join(w for w in (array_where, job_where) if w)
+    return task * world + rank, tasks * world, where
+
+
 def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``; ``None`` stays ``None``.
+    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``; ``None`` stays ``None``;
+    ``"auto"`` reads the launcher's environment (:func:`shard_from_environment`).
 
     Shards are numbered from 0, like process ranks: ``--shard $RANK/$WORLD_SIZE``.
     """
     if spec is None:
         return None
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        k, n, _ = shard_from_environment()
+        return k, n
     if isinstance(spec, str):
         parts = spec.strip().split("/")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
             raise ValueError(
-                f"shard must look like K/N (shard K of N, K counted from 0, e.g. 0/4), got {spec!r}"
+                "shard must look like K/N (shard K of N, K counted from 0, e.g. 0/4) or be "
+                f"'auto' (from the launcher's environment), got {spec!r}"
             )
         k, n = (int(p) for p in parts)
     else:
@@ -83,14 +201,15 @@ def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
     return k, n
 
 
-def shard_range(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """The global sample indices ``[start, stop)`` of ``shard`` in a run of ``n`` samples."""
-    n = check_int(n, "the number of samples n", minimum=1)
+def shard_range(n: int, shard: tuple[int, int] | None, *, what: str = "samples") -> tuple[int, int]:
+    """The global indices ``[start, stop)`` of ``shard`` in a run of ``n`` samples (or other
+    items: ``what`` names them in errors): ``[K * n // N, (K + 1) * n // N)``."""
+    n = check_int(n, f"the number of {what} n", minimum=1)
     if shard is None:
         return 0, n
     k, count = parse_shard(shard)  # type: ignore[misc]
     if n < count:
-        raise ValueError(f"cannot split n = {n} samples over {count} shards (need n >= shards)")
+        raise ValueError(f"cannot split n = {n} {what} over {count} shards (need n >= shards)")
     return k * n // count, (k + 1) * n // count
 
 

@@ -25,7 +25,14 @@ import numpy as np
 
 from ..onnx_contract import METADATA_KEY, OUTPUT_NAME, ModelMetadata, check_graph, check_onnx_file
 from ..settings import Diffusion
-from .devices import DeviceUnavailableError, import_cupy, import_onnxruntime, parse_device
+from .devices import (
+    DeviceUnavailableError,
+    default_session_options,
+    import_cupy,
+    import_onnxruntime,
+    parse_device,
+    weights_dtype,
+)
 
 __all__ = ["OnnxDenoiser"]
 
@@ -85,6 +92,8 @@ class OnnxDenoiser:
         kind, device_id = parse_device(device)
         check_onnx_file(self.path)
         ort = import_onnxruntime()
+        if session_options is None:
+            session_options = default_session_options(ort, weights_dtype(self.path))
         self.device = kind if kind == "cpu" else f"cuda:{device_id}"
         self._device_id = device_id
         self._cupy = None
@@ -232,3 +241,4 @@ class OnnxDenoiser:
             cp.cuda.get_current_stream().synchronize()
             self._run_bound("cuda", xin.data.ptr, tuple(xin.shape), tin.data.ptr, out.data.ptr)
         return out if out.dtype == x.dtype else out.astype(x.dtype)
+
