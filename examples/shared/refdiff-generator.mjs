@@ -342,10 +342,15 @@ export class RefdiffGenerator {
    * @param {string} [options.name] its path or URL, for the hints in messages
    * @param {Uint8Array|null} [options.stepBytes] its step file, for progress step by step
    * @param {string} [options.stepSource]
-   * @param {object} [options.sessionOptions] onnxruntime session options (execution providers, ...)
+   * @param {object} [options.sessionOptions] onnxruntime session options (execution providers,
+   *   ...); graphOptimizationLevel defaults to 'extended' for a float16 network, else 'all'
    */
   static async open(ort, bytes, { source = 'the generator file', name, stepBytes = null, stepSource = 'the step file', sessionOptions = {} } = {}) {
     const meta = readRefdiffMetadata(bytes, { source, name, kind: 'generator' });
+    // as refdiff.runtime.devices.default_session_options: onnxruntime's 'all' optimizations round
+    // a float16 network differently inside a generator graph than alone, 'extended' does not
+    const level = meta.denoiser?.dtype === 'float16' ? 'extended' : 'all';
+    sessionOptions = { graphOptimizationLevel: level, ...sessionOptions };
     const session = await createSession(ort, bytes, source, sessionOptions);
     const outputs = [...session.outputNames];
     if (JSON.stringify(outputs) !== JSON.stringify(GENERATOR_OUTPUTS)) {

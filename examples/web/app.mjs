@@ -114,7 +114,7 @@ async function loadModel(url, backend) {
     RefdiffGenerator.open(ortModule, bytes, {
       source,
       name: url,
-      sessionOptions: { executionProviders: providers, logSeverityLevel: 3, graphOptimizationLevel: 'all' },
+      sessionOptions: { executionProviders: providers, logSeverityLevel: 3 },
     });
   let generator;
   if (kind === 'webgpu') {
@@ -142,6 +142,12 @@ async function loadModel(url, backend) {
   const threads = kind === 'wasm' ? (self.crossOriginIsolated ? ortModule.env.wasm.numThreads || 'default' : 1) : null;
   page.backend = kind === 'webgpu' ? 'webgpu' : 'wasm';
   const where = kind === 'webgpu' ? 'WebGPU' : `WebAssembly (${threads === 1 ? '1 thread' : `threads: ${threads}`})`;
+  if (generator.metadata.denoiser?.dtype === 'float16' && kind === 'wasm') {
+    showNote(
+      'This file’s network is float16: WebAssembly rounds float16 arithmetic differently from ' +
+        'native onnxruntime, so a pixel may differ from refdiff sample’s by a level (docs/web.md).',
+    );
+  }
   const [c, h, w] = generator.imageShape;
   page.model = { url, description: generator.describe(), imageShape: generator.imageShape, steps: generator.steps, stepwise: generator.stepSession !== null };
   $('model-info').textContent =
