@@ -12,6 +12,9 @@ installs (Node.js, `npm ci` in examples/web, Chromium).
     python benchmarks/web_wasm.py runs/demo/generator.onnx
     python benchmarks/web_wasm.py runs/demo/generator.onnx --count 32 --rounds 5 \\
         --screenshot docs/images/web-page.png      # the screenshot README shows
+    python benchmarks/web_wasm.py runs/demo/generator.onnx --software-webgpu --rounds 1
+        # the page on WebGPU, on SwiftShader's software Vulkan: its pixels (its times say
+        # nothing of a real GPU's)
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def _browser(node: str, site: Path, tmp: Path, args: argparse.Namespace, shot: s
     if shot:
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         action["screenshot"] = str(Path(shot).resolve())
-    job = {"site": str(site), "chromium": args.chromium, "pages": [{"actions": [action]}]}
+    page = {"actions": [action], "software_webgpu": args.software_webgpu}
+    job = {"site": str(site), "chromium": args.chromium, "pages": [page]}
     (tmp / "job.json").write_text(json.dumps(job))
     out = subprocess.run(
         [node, str(WEB / "test" / "drive.mjs"), str(tmp / "job.json"), str(tmp / "result.json")],
@@ -90,6 +94,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs of every step per round")
     p.add_argument("--chromium", default=os.environ.get("REFDIFF_CHROMIUM", "/usr/bin/chromium"))
     p.add_argument("--screenshot", default=None, help="save the page after the last run here")
+    p.add_argument(
+        "--software-webgpu",
+        action="store_true",
+        help="run the page on WebGPU on SwiftShader (Chromium's software Vulkan) instead of "
+        "WebAssembly: its pixels against Python's; the times are not a GPU's",
+    )
     args = p.parse_args()
     node = shutil.which("node")
     step_file = args.generator.with_name(args.generator.stem + "-step.onnx")
@@ -139,13 +149,14 @@ def main() -> None:
         f"{args.generator}: {gen.metadata.describe()}; batch {args.count}, seed {args.seed}; "
         f"median of {args.rounds} interleaved rounds x {args.repeats} runs x "
         f"{gen.metadata.steps} steps\n"
-        f"Chromium {chromium}, onnxruntime-web {web_version['version']} (WebAssembly, "
+        f"Chromium {chromium}, onnxruntime-web {web_version['version']} ({record['backend']}, "
         f"{'cross-origin isolated' if record['cross_origin_isolated'] else 'not isolated'}, "
         f"{os.cpu_count()} CPUs); Python onnxruntime {ort.__version__}\n"
     )
     print("| run | ms per step | vs native, 1 thread |")
     print("|---|---:|---:|")
     where = record["model_info"].rsplit(" on ", 1)[-1].rstrip(".")  # WebAssembly (1 thread)
+    where += " on SwiftShader (software)" if args.software_webgpu else ""
     print(f"| browser, {where} | {m_wasm:.2f} | {m_wasm / m_one:.2f} |")
     print(f"| native onnxruntime, 1 thread | {m_one:.2f} | 1.00 |")
     print(f"| native onnxruntime, default threads | {m_def:.2f} | {m_def / m_one:.2f} |")

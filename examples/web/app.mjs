@@ -57,9 +57,13 @@ function showNote(message) {
 
 const pause = () => new Promise((resolve) => setTimeout(resolve, 0)); // lets the page repaint
 
-/** onnxruntime-web: the WebAssembly build, or the WebGPU one (which also runs WebAssembly). */
+/**
+ * onnxruntime-web: the WebAssembly build, or the one with WebGPU (and the same WebAssembly kernels
+ * for the nodes WebGPU lacks). Not ort.webgpu.min.mjs: its WebAssembly kernels lack a Cast of
+ * refdiff's in-graph noise (onnxruntime-web 1.30: "Could not find an implementation for Cast(13)").
+ */
 async function loadOrt(kind) {
-  const url = kind === 'webgpu' ? './ort/ort.webgpu.min.mjs' : './ort/ort.wasm.min.mjs';
+  const url = kind === 'webgpu' ? './ort/ort.min.mjs' : './ort/ort.wasm.min.mjs';
   const ort = await import(url);
   ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
   ort.env.logLevel = 'error';
@@ -106,8 +110,9 @@ async function loadModel(url, backend) {
       'missing',
     );
   }
+  const notes = [];
   let kind = backend === 'wasm' ? 'wasm' : (await webgpuAdapter()) ? 'webgpu' : 'wasm';
-  if (backend === 'webgpu' && kind === 'wasm') showNote('This browser offers no WebGPU adapter: running on WebAssembly.');
+  if (backend === 'webgpu' && kind === 'wasm') notes.push('This browser offers no WebGPU adapter: running on WebAssembly.');
   ortModule = await loadOrt(kind);
   const source = `The file ${url}`;
   const open = (providers) =>
@@ -119,10 +124,10 @@ async function loadModel(url, backend) {
   let generator;
   if (kind === 'webgpu') {
     try {
-      generator = await open(['webgpu']);
+      generator = await open(['webgpu', 'wasm']);
     } catch (err) {
       if (err instanceof GeneratorFileError && err.code !== 'unsupported') throw err;
-      showNote(`WebGPU could not run this file (${err.message}); running on WebAssembly.`);
+      notes.push(`WebGPU could not run this file (${err.message}); running on WebAssembly.`);
       kind = 'wasm';
     }
   }
@@ -141,13 +146,22 @@ async function loadModel(url, backend) {
   }
   const threads = kind === 'wasm' ? (self.crossOriginIsolated ? ortModule.env.wasm.numThreads || 'default' : 1) : null;
   page.backend = kind === 'webgpu' ? 'webgpu' : 'wasm';
-  const where = kind === 'webgpu' ? 'WebGPU' : `WebAssembly (${threads === 1 ? '1 thread' : `threads: ${threads}`})`;
-  if (generator.metadata.denoiser?.dtype === 'float16' && kind === 'wasm') {
-    showNote(
+  const where =
+    kind === 'webgpu'
+      ? 'WebGPU (WebAssembly for the nodes WebGPU lacks)'
+      : `WebAssembly (${threads === 1 ? '1 thread' : `threads: ${threads}`})`;
+  if (kind === 'webgpu') {
+    notes.push(
+      'On WebGPU the graphics card does the arithmetic, rounding otherwise than the CPU: a pixel ' +
+        'may differ from refdiff sample’s by a level (docs/web.md). Choose WebAssembly for the CPU’s.',
+    );
+  } else if (generator.metadata.denoiser?.dtype === 'float16') {
+    notes.push(
       'This file’s network is float16: WebAssembly rounds float16 arithmetic differently from ' +
         'native onnxruntime, so a pixel may differ from refdiff sample’s by a level (docs/web.md).',
     );
   }
+  showNote(notes.join(' ') || null);
   const [c, h, w] = generator.imageShape;
   page.model = { url, description: generator.describe(), imageShape: generator.imageShape, steps: generator.steps, stepwise: generator.stepSession !== null };
   $('model-info').textContent =

@@ -12,14 +12,14 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 const here = dirname(fileURLToPath(import.meta.url));
-// the WebAssembly build and the WebGPU build (WebGPU plus the same WebAssembly kernels)
+// the WebAssembly build, and the build with WebGPU (plus the WebAssembly kernels, see app.mjs)
 const ORT_FILES = [
   'ort.wasm.min.mjs',
   'ort-wasm-simd-threaded.mjs',
   'ort-wasm-simd-threaded.wasm',
-  'ort.webgpu.min.mjs',
-  'ort-wasm-simd-threaded.asyncify.mjs',
-  'ort-wasm-simd-threaded.asyncify.wasm',
+  'ort.min.mjs',
+  'ort-wasm-simd-threaded.jsep.mjs',
+  'ort-wasm-simd-threaded.jsep.wasm',
 ];
 
 function fail(message) {

@@ -2,15 +2,17 @@
 // Drive the page in headless Chromium: node test/drive.mjs JOB.json RESULT.json
 //
 // JOB.json: { "site": DIR (built by build.mjs), "chromium": "/usr/bin/chromium",
-//   "pages": [ { "query": {model, backend, ...}, "actions": [ ACTION, ... ] } ] }
+//   "pages": [ { "query": {model, backend, ...}, "software_webgpu": false, "actions": [ ACTION, ... ] } ] }
 // Each page is opened from DIR, served on 127.0.0.1 (any free port); once its model is loaded or
 // refused, each ACTION runs in turn and the page is recorded after it (its state, messages,
 // result: images, float32 samples, time per step; the pixels of every canvas it drew):
 //   { "name": N, "model": URL }                     type a model file, load it
 //   { "name": N, "seed": S, "count": C, "repeats": R }  type them, press Generate R times (default 1)
 //   { "name": N, "screenshot": PATH }               a screenshot of the whole page
-// RESULT.json gets one record per action (and "load" per page). tests/test_examples_js.py and
-// benchmarks/web_wasm.py run it.
+// RESULT.json gets one record per action (and "load" per page). Each page gets its own browser,
+// started with CHROMIUM_ARGS, or with SOFTWARE_WEBGPU instead of --disable-gpu where the page
+// asks for "software_webgpu".
+// tests/test_examples_js.py and benchmarks/web_wasm.py run it.
 
 import { readFileSync, writeFileSync } from 'node:fs';
 
@@ -28,6 +30,8 @@ const CHROMIUM_ARGS = [
   '--disable-quic',
   '--no-first-run',
 ];
+/** Instead of --disable-gpu: WebGPU on SwiftShader, Chromium's software Vulkan (slow, CPU only). */
+const SOFTWARE_WEBGPU = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--use-webgpu-adapter=swiftshader', '--use-angle=swiftshader'];
 
 /** What the page shows now. */
 function snapshot(page) {
@@ -63,11 +67,16 @@ if (!jobPath || !resultPath) {
 }
 const job = JSON.parse(readFileSync(jobPath, 'utf8'));
 const { server, url } = await serve(job.site, { port: 0 });
-// playwright gives every launch a new, empty --user-data-dir and adds --headless
-const browser = await chromium.launch({ executablePath: job.chromium ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
 const results = [];
+let version = null;
 try {
   for (const spec of job.pages) {
+    const args = spec.software_webgpu
+      ? [...CHROMIUM_ARGS.filter((a) => a !== '--disable-gpu'), ...SOFTWARE_WEBGPU]
+      : CHROMIUM_ARGS;
+    // playwright gives every launch a new, empty --user-data-dir and adds --headless
+    const browser = await chromium.launch({ executablePath: job.chromium ?? '/usr/bin/chromium', args });
+    version = browser.version();
     const context = await browser.newContext({ viewport: { width: 1000, height: 760 }, deviceScaleFactor: 1 });
     const page = await context.newPage();
     const log = [];
@@ -108,10 +117,9 @@ try {
     } catch (err) {
       results.push({ name, state: 'driver-error', driver_error: String(err?.message ?? err), log });
     }
-    await context.close();
+    await browser.close();
   }
 } finally {
-  await browser.close();
   server.close();
 }
-writeFileSync(resultPath, JSON.stringify({ url, chromium: browser.version(), results }));
+writeFileSync(resultPath, JSON.stringify({ url, chromium: version, results }));
