@@ -321,6 +321,8 @@ def test_node_example_refuses_bad_input(node_example, files, tmp_path):
         ([gen, "--n", "0"], 2, "--n must be at least 1, got 0"),
         ([gen, "--n", "three"], 2, "--n must be a whole number from 1"),
         ([gen, "--out", str(tmp_path / "x.jpg")], 2, "--out must end in .png"),
+        ([gen, "--out", str(foreign / "x.png")], 1, "is not a folder"),  # under a file
+        ([gen, "--out", "/proc/refdiff/x.png"], 1, "cannot write /proc/refdiff/x.png"),
     ]
     png = tmp_path / "out.png"
     for argv, code, message in cases:

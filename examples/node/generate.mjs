@@ -6,7 +6,7 @@
 // writes the PNG grid `refdiff sample gen.onnx --seed 7 --n 16 --out samples.png` writes, with the
 // same pixels (docs/web.md says how closely, measured). See --help.
 
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,15 +21,15 @@ import {
 } from '../shared/refdiff-generator.mjs';
 
 const PROG = 'generate.mjs';
-const HELP = `usage: node ${PROG} MODEL [--seed S] [--n N] [--out FILE.png] [--nrow R]
-                        [--batch-size B] [--npy FILE.npy] [--threads T] [--quiet]
+const HELP = `usage: node ${PROG} GENERATOR [--seed S] [--n N] [--out FILE.png] [--nrow R]
+                            [--batch-size B] [--npy FILE.npy] [--threads T] [--quiet]
 
 Draw N images from a refdiff generator file (written by \`refdiff export MODEL --out gen.onnx
 --sampler NAME --steps N\`) with onnxruntime-node, and write them as a PNG grid: the samples
-0 … N-1 of the seed, the images \`refdiff sample MODEL --seed S --n N\` draws in Python.
+0 … N-1 of the seed, the images \`refdiff sample GENERATOR --seed S --n N\` draws in Python.
 
 arguments:
-  MODEL             the generator file (.onnx)
+  GENERATOR         the generator file (.onnx; its step file is not needed)
   --seed S          noise seed, a whole number from 0 to 2**63 - 1 (default: 0)
   --n N             how many images (default: 16)
   --out FILE.png    the PNG grid to write (default: samples.png); folders are created
@@ -106,16 +106,32 @@ function readModel(path) {
   return new Uint8Array(readFileSync(path));
 }
 
+/** Create the missing folders of `dir` one by one (Node 20's mkdirSync(..., { recursive: true })
+ * never returns for a path under /proc, where mkdir says ENOENT). */
+function makeFolders(dir) {
+  const missing = [];
+  for (let d = dir; !existsSync(d); d = dirname(d)) {
+    missing.push(d);
+    if (dirname(d) === d) break;
+  }
+  for (const d of missing.reverse()) mkdirSync(d);
+  if (!statSync(dir).isDirectory()) throw new Error(`${dir} is not a folder`);
+}
+
 /** Write `bytes` to `path` whole or not at all: a temporary name beside it, then a rename. */
 function writeWhole(path, bytes) {
   const full = resolve(path);
-  mkdirSync(dirname(full), { recursive: true });
   const tmp = `${dirname(full)}/.${basename(full)}.${process.pid}.tmp`;
   try {
+    makeFolders(dirname(full));
     writeFileSync(tmp, bytes);
     renameSync(tmp, full);
   } catch (err) {
-    rmSync(tmp, { force: true });
+    try {
+      rmSync(tmp, { force: true });
+    } catch {
+      // no temporary was made
+    }
     throw new Error(`cannot write ${path}: ${err.message}`);
   }
 }

@@ -64,7 +64,12 @@ const pause = () => new Promise((resolve) => setTimeout(resolve, 0)); // lets th
  */
 async function loadOrt(kind) {
   const url = kind === 'webgpu' ? './ort/ort.min.mjs' : './ort/ort.wasm.min.mjs';
-  const ort = await import(url);
+  let ort;
+  try {
+    ort = await import(url);
+  } catch (err) {
+    throw new Error(`onnxruntime-web (${url}) could not be loaded (${err.message}): build the page with \`make web\` or examples/web/build.mjs`);
+  }
   ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
   ort.env.logLevel = 'error';
   return ort;
