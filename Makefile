@@ -9,13 +9,19 @@ STAMP := $(VENV)/.refdiff-installed
 # for the tiny model on an idle 2-core machine and does not collapse beside a busy process.
 THREADS ?= 1
 
-.PHONY: install test test-slow test-gpu lint demo bench clean
+# The oldest versions pyproject.toml allows, in a venv of their own (make test-floors)
+FLOORS_VENV ?= .venv-floors
+FLOORS_EXTRAS ?= data eval onnx torch test
+# A clean venv for the built wheel (make dist)
+DIST_VENV ?= .venv-dist
+
+.PHONY: install test test-slow test-gpu test-floors lint docs dist demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[all,test,diffusers]"
+	$(PY) -m pip install -q -e ".[all,test,diffusers,docs,release]"
 	touch $@
 
 install: $(STAMP)
@@ -29,8 +35,43 @@ test-slow: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m "gpu" -q
 
+# The base install and the extras named in FLOORS_EXTRAS at their declared floors (uv's
+# lowest-direct resolution, wheels only), checked to be those floors, then the suite (what needs
+# a package not installed skips: diffusers, CuPy). torch itself is TORCH_SPEC, pinned: its floor
+# (2.5) is a multi-GB CUDA download from PyPI. On the busy 2-core machine, with the suite of
+# 2026-12-01: 9 min 45 s (FLOORS_EXTRAS="data eval onnx test", without torch: 1 min 48 s on the
+# smaller suite before). See .ci/floors.py and CHANGELOG.md.
+FLOORS_PINNED := $(if $(filter torch,$(FLOORS_EXTRAS)),--pinned torch)
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install -q "uv>=0.5" $(if $(FLOORS_PINNED),"$(TORCH_SPEC)")
+	$(FLOORS_VENV)/bin/python .ci/floors.py requirements $(FLOORS_PINNED) $(FLOORS_EXTRAS) \
+		> $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/uv pip install -q --python $(FLOORS_VENV)/bin/python \
+		--resolution lowest-direct --only-binary :all: -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/uv pip install -q --python $(FLOORS_VENV)/bin/python --no-deps -e .
+	$(FLOORS_VENV)/bin/python .ci/floors.py check $(FLOORS_PINNED) $(FLOORS_EXTRAS)
+	$(FLOORS_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check refdiff export tests benchmarks
+	$(VENV)/bin/ruff check refdiff export tests benchmarks .ci docs
+
+# The reference site: docs/*.md and the API reference from the docstrings, warnings as errors
+# (docs/conf.py; docs/_ext/refdiff_apidoc.py writes the API pages and checks the public docstrings).
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -d build/docs/doctrees docs build/docs/html
+	@echo "docs: build/docs/html/index.html"
+
+# sdist and wheel, twine's metadata check, then the wheel alone in a clean venv, from outside
+# the source tree: its modules, license, console script and core (.ci/wheel_check.py).
+dist: $(STAMP)
+	rm -rf dist $(DIST_VENV) build/lib build/bdist.* *.egg-info && mkdir -p build
+	$(PY) -m build --outdir dist . > build/dist.log 2>&1 || (cat build/dist.log; exit 1)
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install -q dist/*.whl
+	cd $(DIST_VENV) && bin/python $(CURDIR)/.ci/wheel_check.py $(CURDIR)
 
 demo: $(STAMP)
 	$(VENV)/bin/refdiff demo --out runs/demo --threads $(THREADS)
@@ -39,7 +80,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/core.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FLOORS_VENV) $(DIST_VENV) build dist *.egg-info .pytest_cache .hypothesis
 
 # -- the JavaScript examples: examples/node, examples/web (docs/web.md) ---------------------------
 CHROMIUM ?= /usr/bin/chromium

@@ -163,8 +163,6 @@ def main() -> None:
             "--no-full",
             "--mc-draws",
             "2",
-            "--mc-timesteps",
-            "uniform",
             "--n-images",
             "4",
             "--out",

@@ -109,7 +109,19 @@ class DiffusersDenoiser(nn.Module):
 
 
 class LoadedDiffusers(NamedTuple):
-    """What :func:`load_diffusers` returns."""
+    """What :func:`load_diffusers` returns.
+
+    Attributes
+    ----------
+    model : DiffusersDenoiser
+        The UNet as a refdiff denoiser module (``(x_t, t) -> model_output``).
+    diffusion : Diffusion
+        Its settings, read from the scheduler's config.
+    notes : tuple of str
+        The scheduler options refdiff does not honour, one line each.
+    source : str
+        The folder it was read from.
+    """
 
     model: DiffusersDenoiser
     diffusion: Diffusion
@@ -122,7 +134,22 @@ def wrap_unet(
 ) -> tuple[DiffusersDenoiser, Diffusion]:
     """An in-memory ``UNet2DModel`` and its scheduler's config (``scheduler.config``) as a
     refdiff denoiser and its settings; the notes on unhonoured options are issued as
-    :class:`~refdiff.diffusers_config.DiffusersOptionWarning` unless ``warn=False``."""
+    :class:`~refdiff.diffusers_config.DiffusersOptionWarning` unless ``warn=False``.
+
+    Parameters
+    ----------
+    unet : torch.nn.Module
+        An unconditional diffusers ``UNet2DModel``.
+    scheduler_config : mapping
+        Its scheduler's config (a DDPM or DDIM scheduler's ``config``).
+    warn : bool
+        Issue the notes as warnings.
+
+    Returns
+    -------
+    (DiffusersDenoiser, Diffusion)
+        The denoiser module and its settings.
+    """
     shape = unet_image_shape(
         {**dict(getattr(unet, "config", {})), "_class_name": type(unet).__name__},
         f"the {type(unet).__name__} given",

@@ -34,12 +34,14 @@ import torch
 from torch import nn
 
 from refdiff._checks import check_int
-from refdiff._io import atomic_path, check_output_file, make_dir
+from refdiff._deps import require
+from refdiff._io import atomic_path, check_output_file, created_folder
 from refdiff._version import __version__
 from refdiff.onnx_contract import (
     INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
+    WEIGHT_KINDS,
     ModelMetadata,
 )
 from refdiff.settings import Diffusion
@@ -185,6 +187,8 @@ def export_onnx(
     opset: int = 18,
     fp16: bool = False,
     model_config: Mapping[str, Any] | None = None,
+    weights: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """Export ``model`` (a denoiser ``(x, t) -> model_output``) to one self-describing ONNX file.
 
@@ -203,6 +207,12 @@ def export_onnx(
         Float16 weights and arithmetic (float32 I/O, normalisation, softmax, timestep embedding).
     model_config : dict, optional
         The network's settings for the metadata; default ``model.config.to_dict()`` if present.
+    weights : {"ema", "raw"}, optional
+        Which weights of a refdiff checkpoint the model holds, recorded in the metadata so that a
+        later parity check compares like with like (None: not recorded).
+    progress : bool
+        Show a tqdm bar over the two steps (conversion, then the checker), on stderr: a large
+        model takes a while.
 
     Returns
     -------
@@ -223,6 +233,8 @@ def export_onnx(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(diffusion, Diffusion):
         raise TypeError(f"diffusion must be a Diffusion, got {type(diffusion).__name__}")
+    if weights is not None and weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {weights!r}")
     opset = check_int(opset, "opset", minimum=MIN_OPSET)
     floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if floating - {torch.float32}:
@@ -240,6 +252,9 @@ def export_onnx(
             "below 2 GiB (protobuf's limit). Export with fp16=True, or use a smaller model"
         )
 
+    tqdm = require("tqdm", "torch", "progress bars").tqdm
+    bar = tqdm(total=2, desc="export", unit="step", disable=not progress, leave=False)
+    bar.set_postfix_str("torch.export -> ONNX")
     c, h, w = diffusion.image_shape
     T = diffusion.num_timesteps
     dev = next(iter(model.parameters()), torch.empty(0)).device
@@ -276,6 +291,7 @@ def export_onnx(
         model=config,
         dtype="float16" if fp16 else "float32",
         refdiff_version=__version__,
+        weights=weights,
     )
     for i in reversed(range(len(proto.metadata_props))):
         if proto.metadata_props[i].key == METADATA_KEY:
@@ -289,8 +305,11 @@ def export_onnx(
     size = proto.ByteSize()
     if size >= MAX_MODEL_BYTES:
         raise ValueError(f"the exported model is {size / 2**30:.2f} GiB; it must stay below 2 GiB")
-    make_dir(path.parent)
-    with atomic_path(path, suffix=".onnx") as tmp:  # whole or not at all
+    bar.update(1)
+    bar.set_postfix_str("onnx.checker")
+    with created_folder(path.parent), atomic_path(path, suffix=".onnx") as tmp:  # whole or nothing
         onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
+    bar.update(1)
+    bar.close()
     return path

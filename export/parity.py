@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from refdiff._deps import require
 from refdiff.onnx_contract import (
     INPUT_NAMES,
     METADATA_KEY,
@@ -31,16 +32,36 @@ from .onnx_export import eval_mode, model_settings
 
 __all__ = ["DEFAULT_TOLERANCES", "ParityCase", "ParityError", "ParityReport", "verify_onnx"]
 
-#: Default (atol, rtol) per weight dtype: |onnx - torch| <= atol + rtol |torch| everywhere.
+#: Default (atol, rtol) per precision: ``|onnx - torch| <= atol + rtol |torch|`` everywhere.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-4),
     "float16": (2e-2, 2e-2),
+    # Reduced-precision variants (refdiff.precision), per element on random inputs: loose; their
+    # real measure is the drift harness (refdiff check FLOAT32.onnx --against VARIANT).
+    "int8": (1.0, 1.0),
+    "bfloat16": (0.2, 0.1),
 }
 
 
 @dataclass(frozen=True)
 class ParityCase:
-    """One comparison: a batch size and a timestep, one output."""
+    """One comparison: a batch size and a timestep, one output.
+
+    Attributes
+    ----------
+    batch_size : int
+        The batch size of the inputs.
+    timestep : int
+        The timestep index given to every example.
+    output : str
+        The output's name.
+    shape : tuple of int
+        The output's shape from onnxruntime.
+    max_abs, max_rel : float
+        Largest absolute and relative difference from PyTorch.
+    ok : bool
+        Whether every element is within the tolerances.
+    """
 
     batch_size: int
     timestep: int
@@ -58,6 +79,19 @@ class ParityReport:
     ``max_rel`` is ``max |onnx - torch| / (|torch| + atol)``: relative error, with ``atol`` as the
     floor of the denominator so that outputs near zero do not dominate. A case passes when
     ``|onnx - torch| <= atol + rtol |torch|`` everywhere (``numpy.allclose``).
+
+    Attributes
+    ----------
+    path : str
+        The ONNX file.
+    dtype : str
+        Its weight dtype (``"float32"`` or ``"float16"``).
+    atol, rtol : float
+        The tolerances the cases were held to.
+    cases : tuple of ParityCase
+        Every comparison made.
+    failures : tuple of str
+        One line per failure; empty when the file passes.
     """
 
     path: str
@@ -66,6 +100,7 @@ class ParityReport:
     rtol: float
     cases: tuple[ParityCase, ...]
     failures: tuple[str, ...] = field(default_factory=tuple)
+    engine: str = "onnxruntime CPU"
 
     @property
     def ok(self) -> bool:
@@ -81,7 +116,7 @@ class ParityReport:
 
     def table(self) -> str:
         lines = [
-            f"parity of {self.path} ({self.dtype} weights, onnxruntime CPU) against PyTorch "
+            f"parity of {self.path} ({self.dtype}, {self.engine}) against PyTorch "
             f"float32; tolerance |diff| <= {self.atol:g} + {self.rtol:g} |torch|",
             f"{'batch':>5}  {'t':>6}  {'output':<14} {'shape':<18} {'max abs':>10}  "
             f"{'max rel':>10}  ok",
@@ -126,8 +161,12 @@ def verify_onnx(
     rtol: float | None = None,
     seed: int = 0,
     raise_on_failure: bool = True,
+    progress: bool = False,
 ) -> ParityReport:
     """Compare the ONNX file at ``path`` (onnxruntime, CPU) with ``model`` (PyTorch, float32).
+
+    Checks, in order, collecting every failure: the refdiff metadata (present, valid, describing
+    this model), the input and output names, then per case the output shape and the values.
 
     Parameters
     ----------
@@ -141,14 +180,18 @@ def verify_onnx(
     timesteps : sequence of int, optional
         Timestep indices; default ``(0, T // 2, T - 1)`` with T from the file's metadata.
     atol, rtol : float, optional
-        Tolerances; default :data:`DEFAULT_TOLERANCES` for the file's weight dtype.
+        Tolerances; default :data:`DEFAULT_TOLERANCES` for the file's precision.
     seed : int
         Seed of the random inputs x ~ N(0, I).
     raise_on_failure : bool
         Raise :class:`ParityError` if anything fails (default); otherwise just report.
+    progress : bool
+        Show a tqdm bar over the cases (batch size x timestep), with the time left, on stderr.
 
-    Checks, in order, collecting every failure: the refdiff metadata (present, valid, describing
-    this model), the input and output names, then per case the output shape and the values.
+    Returns
+    -------
+    ParityReport
+        Every case's largest absolute and relative error, and every failure found.
     """
     import onnxruntime as ort
 
@@ -161,14 +204,18 @@ def verify_onnx(
     failures: list[str] = []
     cases: list[ParityCase] = []
 
-    dtype, T = "float32", None
+    dtype, T, engine = "float32", None, None
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     try:
         meta = ModelMetadata.from_json(raw, source=str(path))
     except MetadataError as exc:
         failures.append(str(exc))
     else:
-        dtype, T = meta.dtype, meta.diffusion.num_timesteps
+        dtype, T = meta.precision_name, meta.diffusion.num_timesteps
+        if meta.precision is not None and meta.precision.engine == "openvino":
+            from refdiff.runtime.openvino import OpenVinoEngine
+
+            engine = OpenVinoEngine(path)
         config = model_settings(model, None)
         if config and meta.model and config != meta.model:
             diff = sorted(
@@ -184,7 +231,15 @@ def verify_onnx(
         timesteps = (0,) if T is None else tuple(sorted({0, T // 2, T - 1}))
 
     def report() -> ParityReport:
-        rep = ParityReport(str(path), dtype, atol, rtol, tuple(cases), tuple(failures))
+        rep = ParityReport(
+            str(path),
+            dtype,
+            atol,
+            rtol,
+            tuple(cases),
+            tuple(failures),
+            "onnxruntime CPU" if engine is None else "OpenVINO CPU, bf16",
+        )
         if failures and raise_on_failure:
             raise ParityError(rep)
         return rep
@@ -207,15 +262,22 @@ def verify_onnx(
         return report()
     rng = np.random.default_rng(seed)
     dev = next(iter(model.parameters()), torch.empty(0)).device
-    with eval_mode(model), torch.no_grad():
+    tqdm = require("tqdm", "torch", "progress bars").tqdm
+    n_cases = len(batch_sizes) * len(timesteps)
+    bar = tqdm(total=n_cases, desc="parity", unit="case", disable=not progress, leave=False)
+    with eval_mode(model), torch.no_grad(), bar:
         for b in batch_sizes:
             for ts in timesteps:
+                bar.update(1)  # the case begins (its continues would skip a later update)
                 x = rng.standard_normal((int(b), *chw)).astype(np.float32)
                 t = np.full((int(b),), int(ts), dtype=np.int64)
                 want = model(torch.from_numpy(x).to(dev), torch.from_numpy(t).to(dev))
                 want = want.detach().float().cpu().numpy()
                 try:
-                    (got,) = session.run([OUTPUT_NAME], {"x": x, "t": t})
+                    if engine is not None:
+                        (got,) = engine.run(x, t)
+                    else:
+                        (got,) = session.run([OUTPUT_NAME], {"x": x, "t": t})
                 except Exception as exc:  # onnxruntime's own exception types
                     failures.append(f"batch {b}, t {ts}: onnxruntime failed: {exc}")
                     continue

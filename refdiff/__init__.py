@@ -11,7 +11,15 @@ from __future__ import annotations
 from ._array import Timesteps
 from ._enums import Spacing
 from ._version import __version__
-from .bound import BoundResult, MonteCarloBound, variational_bound, variational_bound_mc
+from .bound import (
+    BoundResult,
+    MonteCarloBound,
+    MonteCarloPlan,
+    mc_estimate_from_terms,
+    mc_plan,
+    variational_bound,
+    variational_bound_mc,
+)
 from .forward import (
     GaussianMoments,
     q_mean_variance,
@@ -87,6 +95,7 @@ __all__ = [
     "LossTerms",
     "LossType",
     "MonteCarloBound",
+    "MonteCarloPlan",
     "Option",
     "PMeanVariance",
     "Plan",
@@ -112,6 +121,8 @@ __all__ = [
     "get_schedule",
     "heun_sample",
     "make_betas",
+    "mc_estimate_from_terms",
+    "mc_plan",
     "mean_flat",
     "network_calls",
     "normal_kl",

@@ -307,8 +307,8 @@ def _backend_log_ndtr(x: Array, xp: Any) -> Array:
     if is_numpy_namespace(xp):
         return xp.asarray(sc.log_ndtr(x), dtype=x.dtype)
     if is_array_api_strict_namespace(xp):
-        out = sc.log_ndtr(np.from_dlpack(x))
-        return xp.asarray(np.asarray(out, dtype=out.dtype), device=device(x))
+        out = sc.log_ndtr(_from_dlpack(x))  # SciPy < 1.12 returns float64 for float32
+        return xp.asarray(np.asarray(out), dtype=x.dtype, device=device(x))
     raise TypeError(f"no log_ndtr for namespace {xp.__name__}")
 
 
@@ -322,7 +322,16 @@ def to_host(x: Any) -> np.ndarray:
     detach = getattr(x, "detach", None)
     if callable(detach):  # torch
         return detach().cpu().numpy()
-    return np.from_dlpack(x)
+    return _from_dlpack(x)
+
+
+def _from_dlpack(x: Array) -> np.ndarray:
+    """``np.from_dlpack(x)``; NumPy < 2.1 cannot export a read-only array (a broadcast view, a
+    schedule table) through DLPack, so array-api-strict's copy of one is taken instead."""
+    try:
+        return np.from_dlpack(x)
+    except BufferError:
+        return np.from_dlpack(array_namespace(x).asarray(x, copy=True))
 
 
 def stop_gradient(x: Array) -> Array:

@@ -10,6 +10,7 @@ extra          brings                                           for
 ``onnx``       onnxruntime, onnx, Pillow, tqdm                  torch-free sampling (CPU),
                                                                 generator graphs
 ``cuda12/13``  CuPy, onnxruntime-gpu, onnx, Pillow, tqdm        torch-free sampling (GPU)
+``openvino``   OpenVINO, the ``onnx`` extra                      bfloat16 files on CPUs
 ``eval``       the ``data`` extra, matplotlib, tqdm             ``refdiff eval``, plots
 ``torch``      PyTorch, safetensors, onnx, the ``eval`` extra   training, export, the demo
 ``diffusers``  diffusers (with the ``torch`` extra)             diffusers models in

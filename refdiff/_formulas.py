@@ -49,6 +49,19 @@ class PMeanVariance(NamedTuple):
     ``variance`` and ``log_variance`` broadcast against ``mean``: shape [B, 1, …, 1] for the fixed
     variance types (no per-element work), the full shape for learned ones. ``pred_eps`` is None
     only when the caller asked not to compute it (inside the DDPM sampler).
+
+    Attributes
+    ----------
+    mean : array [B, C, ...]
+        The mean of p_θ(x_{t-1} | x_t), of x_t's shape, backend and dtype.
+    variance : array [B, 1, ..., 1] or [B, C, ...]
+        Its variance.
+    log_variance : array [B, 1, ..., 1] or [B, C, ...]
+        Its log-variance.
+    pred_x0 : array [B, C, ...]
+        The model's prediction of x_0 (clipped when clipping was asked for).
+    pred_eps : array [B, C, ...] or None
+        The model's prediction of ε.
     """
 
     mean: Array
@@ -59,7 +72,15 @@ class PMeanVariance(NamedTuple):
 
 
 class VBTerm(NamedTuple):
-    """One timestep's term of the bound, per example (nats, summed over dimensions)."""
+    """One timestep's term of the bound, per example (nats, summed over dimensions).
+
+    Attributes
+    ----------
+    nats : array [B]
+        The term in nats, summed over the non-batch dimensions.
+    pred_x0 : array [B, C, ...]
+        The model's prediction of x_0.
+    """
 
     nats: Array
     pred_x0: Array
@@ -206,7 +227,8 @@ def _log1mexp(d: Array, xp: Any) -> Array:
     """log(1 - e^d) for d < 0, accurate everywhere (Mächler 2012), with inputs kept finite in
     both branches so that autograd sees no inf·0."""
     tiny = xp.finfo(d.dtype).smallest_normal
-    d = xp.minimum(d, -tiny)
+    # clip, not minimum(d, scalar), which array-api-compat < 1.16 refuses on torch
+    d = xp.clip(d, None, -tiny)
     near = d > -LN2
     d_near = xp.where(near, d, -1.0)
     d_far = xp.where(near, -1.0, d)

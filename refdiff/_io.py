@@ -29,6 +29,7 @@ __all__ = [
     "check_output_folder",
     "check_writable_folder",
     "create_temporary",
+    "created_folder",
     "describe_os_error",
     "fsync_dir",
     "make_dir",
@@ -98,6 +99,29 @@ def make_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise OutputError(describe_os_error(exc, p, "create the folder")) from None
     return p
+
+
+@contextlib.contextmanager
+def created_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the folder ``path`` (and its missing parents) for the writes in the block; if the
+    block raises, the folders this call created are removed again while they are empty, so a
+    first write that fails (a full disk) leaves no empty folder behind."""
+    p = Path(path)
+    created = []
+    q = p
+    while not q.exists() and q != q.parent:
+        created.append(q)
+        q = q.parent
+    make_dir(p)
+    try:
+        yield p
+    except BaseException:
+        for folder in created:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another writer), or already gone
+                break
+        raise
 
 
 def check_output_file(

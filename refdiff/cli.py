@@ -97,9 +97,31 @@ def _os_error_message(exc: OSError) -> str:
     return describe_os_error(exc, exc.filename, "use")
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--opt -1/4`` -> ``--opt=-1/4``: argparse takes a value that starts with '-' and is not a
+    plain number for an option and answers "expected one argument"; attached, the value reaches
+    the option's own check, whose message says what is wrong with it."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        prev = argv[i - 1] if i else ""
+        if (
+            out
+            and prev.startswith("--")
+            and "=" not in prev
+            and out[-1] == prev
+            and len(arg) > 1
+            and arg[0] == "-"
+            and (arg[1].isdigit() or arg[1] == ".")
+        ):
+            out[-1] = f"{prev}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -24,7 +24,17 @@ __all__ = [
 
 
 class GaussianMoments(NamedTuple):
-    """Mean, variance and log-variance of a diagonal Gaussian (variance and log broadcast to mean)."""
+    """Mean, variance and log-variance of a diagonal Gaussian (variance and log broadcast to mean).
+
+    Attributes
+    ----------
+    mean : array [B, ...]
+        The mean, of the data's shape, backend, dtype and device.
+    variance : array [B, ...]
+        The variance, broadcast to the mean's shape.
+    log_variance : array [B, ...]
+        Its log (computed from the float64 tables, not as ``log(variance)``).
+    """
 
     mean: Array
     variance: Array
@@ -47,7 +57,24 @@ def _prepare(schedule: Any, x: Array, t: Any, *others: Array) -> tuple[Any, Arra
 
 
 def q_mean_variance(schedule: Any, x_start: Array, t: Any) -> GaussianMoments:
-    """Moments of q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I)  (Ho et al. eq. 4)."""
+    """Moments of q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I)  (Ho et al. eq. 4).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_start : array [B, ...]
+        Data x_0, real floating, of any array-API backend.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1] (index t is the paper's step t+1), one per example; an int
+        is used for every example.
+
+    Returns
+    -------
+    GaussianMoments
+        Mean √ᾱ_t x_0, variance 1 - ᾱ_t and its log, each [B, ...] like ``x_start``.
+    """
     xp, t = _prepare(schedule, x_start, t)
     mean = gather(schedule.sqrt_alphas_cumprod, t, x_start, xp=xp) * x_start
     var = gather(schedule.sqrt_one_minus_alphas_cumprod, t, x_start, xp=xp) ** 2
@@ -58,7 +85,26 @@ def q_mean_variance(schedule: Any, x_start: Array, t: Any) -> GaussianMoments:
 
 
 def q_sample(schedule: Any, x_start: Array, t: Any, noise: Array) -> Array:
-    """Sample q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε with the given ``noise`` ε."""
+    """Sample q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε with the given ``noise`` ε.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_start : array [B, ...]
+        Data x_0, real floating, of any array-API backend.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1] (index t is the paper's step t+1), one per example; an int
+        is used for every example.
+    noise : array [B, ...]
+        ε ~ N(0, I), of ``x_start``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        x_t, of ``x_start``'s backend, dtype and device.
+    """
     xp, t = _prepare(schedule, x_start, t, noise)
     return f.q_sample(schedule, x_start, t, noise, xp)
 
@@ -66,7 +112,21 @@ def q_sample(schedule: Any, x_start: Array, t: Any, noise: Array) -> Array:
 def q_step_mean_variance(schedule: Any, x_prev: Array, t: Any) -> GaussianMoments:
     """Moments of one forward step q(x_t | x_{t-1}) = N(√(1 - β_t) x_{t-1}, β_t I)  (eq. 2).
 
-    ``x_prev`` is x at index t-1 (the data x_0 when t = 0).
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_prev : array [B, ...]
+        x at index t-1 (the data x_0 when t = 0), real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1] (index t is the paper's step t+1), one per example; an int
+        is used for every example.
+
+    Returns
+    -------
+    GaussianMoments
+        Mean √(1 - β_t) x_{t-1}, variance β_t and its log, each [B, ...] like ``x_prev``.
     """
     xp, t = _prepare(schedule, x_prev, t)
     mean = gather(schedule.sqrt_alphas, t, x_prev, xp=xp) * x_prev
@@ -78,7 +138,26 @@ def q_step_mean_variance(schedule: Any, x_prev: Array, t: Any) -> GaussianMoment
 
 
 def q_step_sample(schedule: Any, x_prev: Array, t: Any, noise: Array) -> Array:
-    """Sample one forward step: x_t = √(1 - β_t) x_{t-1} + √β_t ε."""
+    """Sample one forward step: x_t = √(1 - β_t) x_{t-1} + √β_t ε.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_prev : array [B, ...]
+        x at index t-1 (the data x_0 when t = 0), real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1] (index t is the paper's step t+1), one per example; an int
+        is used for every example.
+    noise : array [B, ...]
+        ε ~ N(0, I), of ``x_prev``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        x_t, of ``x_prev``'s backend, dtype and device.
+    """
     xp, t = _prepare(schedule, x_prev, t, noise)
     return (
         gather(schedule.sqrt_alphas, t, x_prev, xp=xp) * x_prev
@@ -91,6 +170,23 @@ def q_s_to_t_mean_variance(schedule: Any, x_s: Array, s: Any, t: Any) -> Gaussia
 
     The ratio is formed in float64 from the log tables (1 - ᾱ_t/ᾱ_s through ``expm1``, exact for
     nearby steps) before the cast to the data's dtype.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_s : array [B, ...]
+        x at index s, real floating.
+    s : int, Timesteps or integer array [B]
+        The earlier indices, in [0, T-1].
+    t : int, Timesteps or integer array [B]
+        The later indices; ``s < t`` for every example, or ``ValueError``.
+
+    Returns
+    -------
+    GaussianMoments
+        Mean √(ᾱ_t/ᾱ_s) x_s, variance 1 - ᾱ_t/ᾱ_s and its log, each [B, ...] like ``x_s``.
     """
     xp, s = _prepare(schedule, x_s, s)
     t = as_batch_timesteps(t, schedule.num_timesteps, x_s.shape[0], xp, device(x_s))
@@ -120,6 +216,24 @@ def q_posterior_mean_variance(schedule: Any, x_start: Array, x_t: Array, t: Any)
     mean = β_t √ᾱ_{t-1} / (1 - ᾱ_t) · x_0 + (1 - ᾱ_{t-1}) √α_t / (1 - ᾱ_t) · x_t,
     variance β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t) (zero at index 0), and the log-variance clipped at
     index 0 to log β̃ of index 1, as in Ho et al.'s code.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t`` and cast to the data's
+        dtype.
+    x_start : array [B, ...]
+        Data x_0, real floating.
+    x_t : array [B, ...]
+        The noised data at index t, of ``x_start``'s shape, dtype and backend.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1] (index t is the paper's step t+1), one per example; an int
+        is used for every example.
+
+    Returns
+    -------
+    GaussianMoments
+        Posterior mean μ̃_t, variance β̃_t and clipped log β̃_t, each [B, ...] like ``x_t``.
     """
     xp, t = _prepare(schedule, x_start, t, x_t)
     mean = f.posterior_mean(schedule, x_start, x_t, t, xp)

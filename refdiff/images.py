@@ -15,7 +15,7 @@ import numpy as np
 
 from ._checks import check_int
 from ._deps import require
-from ._io import atomic_path, make_dir
+from ._io import atomic_path, created_folder
 from .data import check_uint8_images
 
 __all__ = ["make_grid", "save_grid", "save_strip"]
@@ -119,7 +119,6 @@ def _write_png(grid: np.ndarray, path: Path) -> Path:
     image = require("PIL.Image", "data", "writing PNG images").fromarray(
         grid[:, :, 0] if grid.shape[2] == 1 else grid
     )
-    make_dir(path.parent)
-    with atomic_path(path, suffix=".png") as tmp:
+    with created_folder(path.parent), atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG")
     return path

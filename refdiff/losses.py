@@ -1,11 +1,13 @@
 """The variational bound and the training losses, in nats inside and bits/dim at the edge.
 
 L = L_T + Σ_{t>1} L_{t-1} + L_0  (Ho et al. eq. 5), with
-  L_T     = KL(q(x_T | x_0) ‖ N(0, I))                       :func:`prior_kl`
-  L_{t-1} = KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t))   :func:`vb_term` for index t > 0
-  L_0     = -log p_θ(x_0 | x_1)                              :func:`vb_term` at index 0, through
-            :func:`discretized_gaussian_log_likelihood` (8-bit data) or
-            :func:`continuous_gaussian_log_likelihood` (real-valued data).
+
+- L_T = KL(q(x_T | x_0) ‖ N(0, I)): :func:`prior_kl`;
+- L_{t-1} = KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t)): :func:`vb_term` for index t > 0;
+- L_0 = -log p_θ(x_0 | x_1): :func:`vb_term` at index 0, through
+  :func:`discretized_gaussian_log_likelihood` (8-bit data) or
+  :func:`continuous_gaussian_log_likelihood` (real-valued data).
+
 bits/dim = nats / (D · ln 2), D the number of dimensions of one example.
 """
 
@@ -41,12 +43,38 @@ __all__ = [
 
 
 def sum_flat(x: Array, xp: Any | None = None) -> Array:
-    """Sum over every axis but the first (the batch)."""
+    """Sum over every axis but the first (the batch).
+
+    Parameters
+    ----------
+    x : array [B, ...]
+        Any array of an array-API backend.
+    xp : namespace, optional
+        ``x``'s namespace, when the caller already has it.
+
+    Returns
+    -------
+    array [B]
+        The per-example sums, of ``x``'s backend and dtype.
+    """
     return f.sum_flat(x, get_namespace(x) if xp is None else xp)
 
 
 def mean_flat(x: Array, xp: Any | None = None) -> Array:
-    """Mean over every axis but the first (the batch)."""
+    """Mean over every axis but the first (the batch).
+
+    Parameters
+    ----------
+    x : array [B, ...]
+        Any array of an array-API backend.
+    xp : namespace, optional
+        ``x``'s namespace, when the caller already has it.
+
+    Returns
+    -------
+    array [B]
+        The per-example means, of ``x``'s backend and dtype.
+    """
     return f.mean_flat(x, get_namespace(x) if xp is None else xp)
 
 
@@ -56,6 +84,18 @@ def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Arr
     KL = ½ (-1 + logvar2 - logvar1 + e^{logvar1 - logvar2} + (mean1 - mean2)² e^{-logvar2}),
     evaluated as ½ (expm1(d) - d + (mean1 - mean2)² e^{-logvar2}) with d = logvar1 - logvar2, which is
     exactly 0 at equality and keeps full precision for nearly equal distributions.
+
+    Parameters
+    ----------
+    mean1, logvar1 : array
+        Mean and log-variance of the first Gaussian.
+    mean2, logvar2 : array
+        Mean and log-variance of the second; all four broadcast together, of one backend.
+
+    Returns
+    -------
+    array
+        The KL divergence in nats, elementwise, of the broadcast shape.
     """
     return f.normal_kl(
         mean1, logvar1, mean2, logvar2, get_namespace(mean1, logvar1, mean2, logvar2)
@@ -123,7 +163,20 @@ def check_data_range(data_range: Any) -> tuple[float, float]:
 
 
 def continuous_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: Array) -> Array:
-    """log N(x; mean, e^{2 log_scale}) elementwise, in nats (for real-valued data)."""
+    """log N(x; mean, e^{2 log_scale}) elementwise, in nats (for real-valued data).
+
+    Parameters
+    ----------
+    x : array [B, ...]
+        The data.
+    means, log_scales : array [B, ...]
+        The Gaussian's mean and log standard deviation, of ``x``'s backend.
+
+    Returns
+    -------
+    array [B, ...]
+        The log-density in nats, elementwise.
+    """
     return f.continuous_gaussian_log_likelihood(
         x, means, log_scales, get_namespace(x, means, log_scales)
     )
@@ -133,6 +186,18 @@ def prior_kl(schedule: Any, x_start: Array) -> Array:
     """L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, summed over dimensions, in nats.
 
     Zero under zero terminal SNR; not a function of any model parameter.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule.
+    x_start : array [B, ...]
+        Data x_0, real floating.
+
+    Returns
+    -------
+    array [B]
+        L_T in nats per example, of ``x_start``'s backend and dtype.
     """
     xp = get_namespace(x_start)
     t = xp.full(
@@ -162,7 +227,37 @@ def vb_term(
 ) -> VBTerm:
     """L_{t-1} for each example: the Gaussian KL for index t > 0, the decoder NLL at index 0.
 
-    Returns nats summed over the non-batch dimensions (per example) and the model's x̂_0.
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule.
+    model_output : array [B, C, ...] or [B, 2C, ...]
+        The denoiser's output at (x_t, t): 2C channels for a learned variance, C otherwise.
+    x_start : array [B, C, ...]
+        Data x_0, real floating.
+    x_t : array [B, C, ...]
+        x_0 noised to index t, of ``x_start``'s shape, dtype and backend.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    prediction : Prediction or str
+        What the mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"`` (real-valued data) for
+        the index-0 term.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the reverse mean.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+
+    Returns
+    -------
+    VBTerm
+        ``nats`` [B]: the term in nats summed over the non-batch dimensions; ``pred_x0``
+        [B, C, ...]: the model's x̂_0.
     """
     prediction = Prediction.parse(prediction)
     variance = Variance.parse(variance)
@@ -211,7 +306,17 @@ def _check_term_inputs(
 
 
 class LossTerms(NamedTuple):
-    """Per-example training loss and its parts (``vb`` is None for the simple loss)."""
+    """Per-example training loss and its parts (``vb`` is None for the simple loss).
+
+    Attributes
+    ----------
+    loss : array [B]
+        The loss to minimise, per example.
+    mse : array [B]
+        Mean squared error of the prediction against its target (ε, x_0 or v).
+    vb : array [B] or None
+        T · L_{t-1} in bits/dim (the ``vlb`` and ``hybrid`` losses), else None.
+    """
 
     loss: Array
     mse: Array
@@ -244,6 +349,41 @@ def training_losses(
     The bound term never clips x̂_0 (as improved-diffusion trains): a clipped prediction has no
     gradient where it leaves the data range. Works on any backend; on PyTorch the result carries
     autograd through ``model_output``.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule.
+    model_output : array [B, C, ...] or [B, 2C, ...]
+        The denoiser's output at (x_t, t): 2C channels for a learned variance, C otherwise.
+    x_start : array [B, C, ...]
+        Data x_0, real floating.
+    x_t : array [B, C, ...]
+        ``q_sample(schedule, x_start, t, noise)``.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    noise : array [B, C, ...]
+        The ε that made ``x_t``.
+    loss_type : LossType or str
+        ``"simple"``, ``"vlb"`` or ``"hybrid"``.
+    prediction : Prediction or str
+        What the mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    decoder : Decoder or str
+        ``"discretized"`` (data on ``num_bins`` levels) or ``"continuous"`` (real-valued data) for
+        the index-0 term.
+    data_range : (float, float)
+        The data's (low, high): its first and last level.
+    num_bins : int
+        Number of levels of the discretized decoder (256 for 8-bit data).
+    lambda_vlb : float
+        λ, the weight of the bound term in the ``hybrid`` loss.
+
+    Returns
+    -------
+    LossTerms
+        ``loss``, ``mse`` and ``vb``, each [B], of ``x_t``'s backend and dtype.
     """
     loss_type = LossType.parse(loss_type)
     prediction = Prediction.parse(prediction)

@@ -54,6 +54,7 @@ def philox4x32(counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: 
     ``counter`` is four broadcastable integer arrays (each in [0, 2**32)), ``key`` two ints.
     Returns the four output words as int64 arrays.
     """
+    xp = as_namespace(xp)
     c0, c1, c2, c3 = counter
     k0, k1 = key[0] & _M32, key[1] & _M32
     for r in range(rounds):
@@ -76,16 +77,35 @@ def check_seed(seed: int) -> int:
 
 
 def uniform_open(
-    seed: int, sample_indices: Array, step: int, per_sample: int, xp: Any, device: Any = None
+    seed: int,
+    sample_indices: Array,
+    step: int | Array,
+    per_sample: int,
+    xp: Any,
+    device: Any = None,
 ) -> Array:
     """float64 uniforms in the open interval (0, 1), shape ``[B, per_sample]``.
 
     Value j of sample ``sample_indices[b]`` at ``step`` depends on (seed, sample index, step, j)
-    alone. ``per_sample`` is rounded up to a multiple of 4 internally (one Philox call per four).
+    alone. ``step`` is one int, or an integer array [B] of each sample's own step (the
+    Monte-Carlo bound draws each image at its own timestep). ``per_sample`` is rounded up to a
+    multiple of 4 internally (one Philox call per four).
     """
     seed = check_seed(seed)
-    step = check_int(step, "step", minimum=0, maximum=_M32)
     xp = as_namespace(xp)
+    per_sample_steps = getattr(step, "ndim", 0) == 1  # an array [B]; else one int for all
+    if per_sample_steps:
+        if not xp.isdtype(step.dtype, "integral") or tuple(step.shape) != tuple(
+            sample_indices.shape
+        ):
+            raise ValueError(
+                f"step must be an int or an integer array of shape {tuple(sample_indices.shape)}"
+                f", got {step.dtype} {tuple(step.shape)}"
+            )
+        if step.shape[0] and not (0 <= int(xp.min(step)) and int(xp.max(step)) <= _M32):
+            raise ValueError(f"steps must be in [0, 2**32), got [{xp.min(step)}, {xp.max(step)}]")
+    else:
+        step = check_int(step, "step", minimum=0, maximum=_M32)
     if not hasattr(sample_indices, "dtype") or not xp.isdtype(sample_indices.dtype, "integral"):
         got = getattr(sample_indices, "dtype", type(sample_indices).__name__)
         raise TypeError(
@@ -100,7 +120,7 @@ def uniform_open(
     idx = xp.reshape(idx, (idx.shape[0], 1))
     zero = xp.zeros((idx.shape[0], n_quads), dtype=xp.int64, device=device)
     c0 = quad + zero
-    c1 = zero + int(step)
+    c1 = zero + (xp.reshape(xp.astype(step, xp.int64), (-1, 1)) if per_sample_steps else int(step))
     c2 = xp.bitwise_and(idx, _M32) + zero
     c3 = xp.bitwise_right_shift(idx, 32) + zero
     words = philox4x32((c0, c1, c2, c3), (seed & _M32, seed >> 32), xp)
@@ -112,7 +132,7 @@ def uniform_open(
 def standard_normal(
     seed: int,
     sample_indices: Array,
-    step: int,
+    step: int | Array,
     shape: Sequence[int],
     *,
     xp: Any,
@@ -127,13 +147,20 @@ def standard_normal(
         The 64-bit Philox key.
     sample_indices : integer array [B]
         Global index of each sample (so shards of a big run draw that run's noise).
-    step : int
-        The sampler step (the timestep index, or :data:`PRIOR_STEP` for x_T).
+    step : int or integer array [B]
+        The sampler step (the timestep index, or :data:`PRIOR_STEP` for x_T), or each sample's
+        own step.
     shape : tuple of int
         Shape of one sample, e.g. (C, H, W).
     xp, dtype, device
         Backend namespace (``numpy``, ``torch``, ... or their ``array_api_compat`` wrappers; see
         :func:`refdiff._array.as_namespace`), output dtype (default float64) and device.
+
+    Returns
+    -------
+    array
+        ``[B, *shape]`` N(0, 1) draws (Box–Muller in float64 on Philox uniforms), of ``xp`` on
+        ``device``.
     """
     xp = as_namespace(xp)
     d = math.prod(shape)

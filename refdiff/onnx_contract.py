@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .precision import Precision
 from .settings import Diffusion
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "STEP_INPUTS",
     "STEP_OUTPUTS",
     "WEIGHT_DTYPES",
+    "WEIGHT_KINDS",
     "GeneratorMetadata",
     "MetadataError",
     "ModelMetadata",
@@ -56,6 +58,10 @@ INPUT_NAMES = ("x", "t")
 OUTPUT_NAME = "model_output"
 #: dtypes the weights may have; inputs and outputs are float32 either way.
 WEIGHT_DTYPES = ("float32", "float16")
+#: Which weights of a refdiff checkpoint a file holds: the exponential moving average or the raw
+#: (last optimiser step) weights. Files of other models, and files exported before refdiff
+#: recorded it, have no ``weights`` entry.
+WEIGHT_KINDS = ("ema", "raw")
 
 _EXPORT_HINT = (
     "export it with `refdiff export CHECKPOINT --out model.onnx` (or "
@@ -94,6 +100,13 @@ class ModelMetadata:
         :data:`INPUT_NAMES` and :data:`OUTPUT_NAME`, recorded for readers of the file.
     format : int
         :data:`FORMAT_VERSION`.
+    precision : Precision or None
+        A reduced-precision variant (int8, bfloat16: :mod:`refdiff.precision`); None for the
+        files ``refdiff export`` writes by default and for files older than the entry, whose
+        precision is their ``dtype`` (:attr:`precision_name`).
+    weights : str or None
+        ``"ema"`` or ``"raw"``: which weights of a refdiff checkpoint the file holds
+        (:data:`WEIGHT_KINDS`); None where it does not apply or was not recorded.
     """
 
     diffusion: Diffusion
@@ -103,17 +116,32 @@ class ModelMetadata:
     input_names: tuple[str, ...] = INPUT_NAMES
     output_name: str = OUTPUT_NAME
     format: int = FORMAT_VERSION
+    precision: Precision | None = None
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.diffusion, Diffusion):
             raise TypeError(f"diffusion must be a Diffusion, got {type(self.diffusion).__name__}")
+        if self.precision is not None and not isinstance(self.precision, Precision):
+            raise TypeError(f"precision must be a Precision, got {self.precision!r}")
         if self.dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {self.dtype!r}")
+        if self.weights is not None and self.weights not in WEIGHT_KINDS:
+            raise ValueError(f"weights must be one of {WEIGHT_KINDS} or None, got {self.weights!r}")
         object.__setattr__(self, "input_names", tuple(self.input_names))
         object.__setattr__(self, "model", dict(self.model))
 
+    @property
+    def precision_name(self) -> str:
+        """``float32``, ``float16``, ``int8`` or ``bfloat16`` (:data:`refdiff.precision.PRECISIONS`)."""
+        return self.dtype if self.precision is None else self.precision.name
+
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.precision is None else {"precision": self.precision.to_dict()}
+        if self.weights is not None:
+            extra["weights"] = self.weights
         return {
+            **extra,
             "format": self.format,
             "refdiff_version": self.refdiff_version,
             "diffusion": self.diffusion.to_dict(),
@@ -163,7 +191,8 @@ class ModelMetadata:
             raise MetadataError(
                 f"{source}: the refdiff metadata lacks the keys {missing}; {_EXPORT_HINT}"
             )
-        unknown = sorted(set(d) - {*required, "format", "refdiff_version"})
+        known = {*required, "format", "refdiff_version", "precision", "weights"}
+        unknown = sorted(set(d) - known)
         if unknown:
             raise MetadataError(f"{source}: unknown refdiff metadata keys {unknown}")
         try:
@@ -174,6 +203,10 @@ class ModelMetadata:
             ) from None
         if not isinstance(d["model"], Mapping):
             raise MetadataError(f"{source}: metadata 'model' must be an object, got {d['model']!r}")
+        try:
+            precision = None if "precision" not in d else Precision.from_dict(d["precision"])
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"{source}: invalid precision in the metadata: {exc}") from None
         names = d["input_names"]
         if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
             raise MetadataError(f"{source}: metadata 'input_names' must be a list of names")
@@ -186,6 +219,8 @@ class ModelMetadata:
                 input_names=tuple(names),
                 output_name=str(d["output_name"]),
                 format=fmt,
+                precision=precision,
+                weights=d.get("weights"),
             )
         except (TypeError, ValueError) as exc:
             raise MetadataError(f"{source}: {exc}") from None

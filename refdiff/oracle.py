@@ -32,6 +32,7 @@ from ._enums import Prediction, Variance
 __all__ = ["TOY_MIXTURES", "GaussianMixture", "toy_mixture"]
 
 #: Names accepted by :func:`toy_mixture`.
+#: the names :func:`toy_mixture` knows
 TOY_MIXTURES = ("bimodal1d", "ring8")
 
 # Samples drawn from a seed come in fixed blocks, each from its own generator seeded by (seed,
@@ -61,6 +62,7 @@ class GaussianMixture:
     weights : array_like [K]
         Positive, summing to 1 (within 1e-9).
     means : array_like [K, D]
+        The components' means.
     stds : array_like [K]
         Positive (isotropic components).
 
@@ -318,6 +320,16 @@ def toy_mixture(name: str) -> GaussianMixture:
     ``"ring8"``: 8 equally weighted 2-D Gaussians (std 0.05) evenly spaced on the circle of radius
     0.7. ``"bimodal1d"``: 1-D Gaussians at -0.5 and +0.5 (std 0.15), weights 0.3 and 0.7. An
     unknown name is a ``ValueError`` listing the known ones.
+
+    Parameters
+    ----------
+    name : str
+        ``"ring8"`` or ``"bimodal1d"`` (the keys of :data:`TOY_MIXTURES`).
+
+    Returns
+    -------
+    GaussianMixture
+        The mixture, in D = 2 or D = 1 dimensions.
     """
     if name == "ring8":
         angles = 2.0 * np.pi * np.arange(8) / 8

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from ._io import atomic_path, make_dir
+from ._io import atomic_path, created_folder
 
 __all__ = [
     "plot_bound_terms",
@@ -51,8 +51,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ValueError(f"plots are written as PNG; give a path ending in .png, got {str(p)!r}")
-    make_dir(p.parent)
-    with atomic_path(p, suffix=".png") as tmp:
+    with created_folder(p.parent), atomic_path(p, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
     return p
 
@@ -385,4 +384,88 @@ def plot_quality_vs_calls(
     ax_fd.legend(fontsize=8)
     ax_conf.set(xlabel="network calls per sample (log)", ylabel="classifier confidence")
     ax_conf.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_drift(
+    reports: Sequence[tuple[str, Any]] | Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> Path:
+    """The drift of reduced-precision variants against float32, per sampler step and per t.
+
+    Left: the denoiser's relative error on the reference's inputs (solid) and the trajectories'
+    RMS divergence (dashed) after each sampler step, against the step's timestep (log y).
+    Right: where the bits/dim difference arises: the per-timestep terms of the variant's bound
+    minus the reference's (symlog y), when the reports have them.
+
+    Parameters
+    ----------
+    reports : DriftReport or sequence of (label, DriftReport)
+        :func:`refdiff.evaluation.drift.measure_drift`'s reports (any objects with ``steps`` rows
+        holding ``t``, ``denoiser_rel``, ``trajectory_rms``, and a ``bpd`` dict or None).
+    path : str or PathLike
+        A ``.png`` file.
+    """
+    pairs = [("variant", reports)] if hasattr(reports, "steps") else list(reports)
+    if not pairs or not all(len(r.steps) for _, r in pairs):
+        raise ValueError("no drift rows to plot")
+    with_bpd = any(r.bpd is not None for _, r in pairs)
+    fig = _figure(10.0 if with_bpd else 6.0, 3.8)
+    axes = fig.subplots(1, 2 if with_bpd else 1)
+    ax = axes[0] if with_bpd else axes
+    for k, (label, r) in enumerate(pairs):
+        color = f"C{k}"
+        t = [s.t for s in r.steps]
+        ax.plot(
+            t,
+            [s.denoiser_rel for s in r.steps],
+            "o-",
+            color=color,
+            lw=1.5,
+            ms=4,
+            label=f"{label}: denoiser rel. error",
+        )
+        ax.plot(
+            t,
+            [s.trajectory_rms for s in r.steps],
+            "s--",
+            color=color,
+            lw=1.2,
+            ms=3,
+            label=f"{label}: trajectory RMS",
+        )
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("timestep of the sampler step (sampling runs left to right)")
+    ax.set_ylabel("error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    if with_bpd:
+        ax_b = axes[1]
+        for k, (label, r) in enumerate(pairs):
+            if r.bpd is None:
+                continue
+            terms = np.asarray(r.bpd["terms_difference"], dtype=np.float64)
+            ax_b.plot(
+                np.arange(terms.size),
+                terms,
+                "-",
+                color=f"C{k}",
+                lw=1.2,
+                label=f"{label}: {r.bpd['difference']:+.4f} bits/dim in all",
+            )
+        ax_b.axhline(0.0, color="0.3", lw=0.8)
+        ax_b.set_yscale("symlog", linthresh=1e-4)
+        ax_b.set_xscale("symlog", linthresh=1.0)
+        ax_b.set_xlim(0, terms.size - 1)
+        if all(r.bpd is None or min(r.bpd["terms_difference"]) >= 0 for _, r in pairs):
+            ax_b.set_ylim(bottom=0)
+        ax_b.set_xlabel(_time_label(len(terms)))
+        ax_b.set_ylabel("bits/dim term: variant - float32")
+        ax_b.grid(True, which="both", alpha=0.3)
+        ax_b.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -40,32 +40,118 @@ def _checked(schedule: Any, a: Array, t: Any, b: Array) -> tuple[Any, Array]:
 
 
 def x0_from_eps(schedule: Any, x_t: Array, t: Any, eps: Array) -> Array:
-    """x_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t = √(1/ᾱ_t) x_t - √(1/ᾱ_t - 1) ε."""
+    """x_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t = √(1/ᾱ_t) x_t - √(1/ᾱ_t - 1) ε.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    x_t : array [B, ...]
+        The noised data at index t, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    eps : array [B, ...]
+        The noise ε (or its prediction), of ``x_t``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        x_0, like ``x_t``. At the last step of a zero-terminal-SNR schedule (ᾱ = 0) x_0 cannot be
+        recovered from ε: ``ValueError``.
+    """
     xp, tt = _checked(schedule, x_t, t, eps)
     _check_recoverable(schedule, max_timestep(t, tt, xp), Prediction.EPSILON)
     return f.x0_from_eps(schedule, x_t, tt, eps, xp)
 
 
 def eps_from_x0(schedule: Any, x_t: Array, t: Any, x0: Array) -> Array:
-    """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t)."""
+    """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    x_t : array [B, ...]
+        The noised data at index t, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    x0 : array [B, ...]
+        The data x_0 (or its prediction), of ``x_t``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        ε, like ``x_t``.
+    """
     xp, t = _checked(schedule, x_t, t, x0)
     return f.eps_from_x0(schedule, x_t, t, x0, xp)
 
 
 def v_from_x0_eps(schedule: Any, x0: Array, t: Any, eps: Array) -> Array:
-    """v = √ᾱ_t ε - √(1-ᾱ_t) x_0  (Salimans & Ho 2022)."""
+    """v = √ᾱ_t ε - √(1-ᾱ_t) x_0  (Salimans & Ho 2022).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    x0 : array [B, ...]
+        The data x_0, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    eps : array [B, ...]
+        The noise ε, of ``x0``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        The velocity v, like ``x0``.
+    """
     xp, t = _checked(schedule, x0, t, eps)
     return f.v_from_x0_eps(schedule, x0, t, eps, xp)
 
 
 def x0_from_v(schedule: Any, x_t: Array, t: Any, v: Array) -> Array:
-    """x_0 = √ᾱ_t x_t - √(1-ᾱ_t) v."""
+    """x_0 = √ᾱ_t x_t - √(1-ᾱ_t) v.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    x_t : array [B, ...]
+        The noised data at index t, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    v : array [B, ...]
+        The velocity v (or its prediction), of ``x_t``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        x_0, like ``x_t``.
+    """
     xp, t = _checked(schedule, x_t, t, v)
     return f.x0_from_v(schedule, x_t, t, v, xp)
 
 
 def eps_from_v(schedule: Any, x_t: Array, t: Any, v: Array) -> Array:
-    """ε = √(1-ᾱ_t) x_t + √ᾱ_t v."""
+    """ε = √(1-ᾱ_t) x_t + √ᾱ_t v.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    x_t : array [B, ...]
+        The noised data at index t, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    v : array [B, ...]
+        The velocity v (or its prediction), of ``x_t``'s shape, dtype and backend.
+
+    Returns
+    -------
+    array [B, ...]
+        ε, like ``x_t``.
+    """
     xp, t = _checked(schedule, x_t, t, v)
     return f.eps_from_v(schedule, x_t, t, v, xp)
 
@@ -163,6 +249,32 @@ def p_mean_variance(
     - ``fixed_large``: [β̃_1, β_2, …, β_T],
     - ``learned``: exp of the model's log σ² channels,
     - ``learned_range``: exp(v log β_t + (1 - v) log β̃_t), v = (out + 1)/2 (Nichol & Dhariwal eq. 15).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The diffusion schedule; its float64 tables are gathered at ``t``.
+    model_output : array [B, C, ...] or [B, 2C, ...]
+        The denoiser's output at (x_t, t): C channels for a fixed variance, 2C for a learned one
+        (the mean channels first, then the variance channels); of ``x_t``'s backend and dtype.
+    x_t : array [B, C, ...]
+        The noised data at index t, real floating.
+    t : int, Timesteps or integer array [B]
+        Timestep indices in [0, T-1], one per example; an int is used for every example.
+    prediction : Prediction or str
+        What the mean channels predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
+    variance : Variance or str
+        ``"fixed_small"``, ``"fixed_large"``, ``"learned"`` or ``"learned_range"``.
+    clip_denoised : bool
+        Clip x̂_0 to ``data_range`` before forming the mean.
+    data_range : (float, float)
+        The data's (low, high), for clipping.
+
+    Returns
+    -------
+    PMeanVariance
+        The mean [B, C, ...], variance and log-variance ([B, 1, ..., 1] for a fixed variance,
+        [B, C, ...] for a learned one), x̂_0 and ε̂, of ``x_t``'s backend, dtype and device.
     """
     prediction = Prediction.parse(prediction)
     variance = Variance.parse(variance)

@@ -1,14 +1,16 @@
 """The samplers, each registered once in :data:`SAMPLERS`, and the dispatcher :func:`sample`.
 
-| name | method | plan |
-|---|---|---|
-| ``ddpm`` | ancestral sampling (Ho et al. 2020, Algorithm 2) | yes, learned variances too |
-| ``ddim`` | DDIM (Song et al. 2021, eq. 12), option ``eta`` | yes |
-| ``euler`` | Euler on the probability-flow ODE (Karras et al. 2022) | yes |
-| ``heun`` | Heun on the probability-flow ODE (Karras et al. 2022, Algorithm 1) | no: 2 calls a step |
-| ``dpmpp_2m`` | DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) | yes |
-| ``dpmpp_3m`` | DPM-Solver++(3M), option ``lower_order_final`` | yes |
-| ``dpmpp_2m_sde`` | DPM-Solver++(2M) SDE, option ``eta`` | yes |
+================  ==================================================================  ==========================
+name              method                                                              plan
+================  ==================================================================  ==========================
+``ddpm``          ancestral sampling (Ho et al. 2020, Algorithm 2)                    yes, learned variances too
+``ddim``          DDIM (Song et al. 2021, eq. 12), option ``eta``                     yes
+``euler``         Euler on the probability-flow ODE (Karras et al. 2022)              yes
+``heun``          Heun on the probability-flow ODE (Karras et al. 2022, Algorithm 1)  no: 2 calls a step
+``dpmpp_2m``      DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2)                      yes
+``dpmpp_3m``      DPM-Solver++(3M), option ``lower_order_final``                      yes
+``dpmpp_2m_sde``  DPM-Solver++(2M) SDE, option ``eta``                                yes
+================  ==================================================================  ==========================
 
 Every sampler takes ``(schedule, denoiser, shape)``, its own options, and the settings all of them
 share (:class:`SamplerSettings`): the model's ``prediction``, ``variance``, ``clip_denoised`` and

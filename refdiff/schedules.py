@@ -54,6 +54,9 @@ class Schedule:
     timestep_map : array_like of int [T], optional
         For a respaced schedule: index ``t`` of this schedule is index ``timestep_map[t]`` of the
         original one, which is what a denoiser trained on the original schedule must be given.
+    alphas_exact : array_like [T], optional
+        1 - β where it is known more precisely than 1 - β can be computed (:meth:`respace` passes
+        ᾱ_k / ᾱ_j); not kept as a field.
     """
 
     betas: np.ndarray
@@ -243,7 +246,23 @@ class Schedule:
 
 
 def make_betas(name: str, T: int, **params: Any) -> np.ndarray:
-    """The betas of a named schedule. See :data:`SCHEDULES` for the names and their defaults."""
+    """The betas of a named schedule. See :data:`SCHEDULES` for the names and their defaults.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SCHEDULES` (``"linear"``, ``"cosine"``, …).
+    T : int
+        The number of steps, at least 1.
+    **params : float
+        The schedule's parameters (``beta_start``, ``s``, …); the ones not given take their
+        defaults, an unknown one is a ``ValueError`` naming it.
+
+    Returns
+    -------
+    float64 array [T]
+        β_1 … β_T, each in (0, 1) (a ``ValueError`` names the first that is not).
+    """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
     T = check_int(T, "T", minimum=1)
@@ -346,6 +365,16 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
     √ᾱ is shifted so its last value is 0 and scaled so its first value is unchanged; the last
     beta becomes exactly 1.
+
+    Parameters
+    ----------
+    betas : array_like [T]
+        The betas to rescale; ᾱ must decrease over them.
+
+    Returns
+    -------
+    float64 array [T]
+        The rescaled betas, the last one exactly 1.
     """
     b = np.asarray(betas, dtype=np.float64)
     sqrt_acp = np.sqrt(np.cumprod(1.0 - b))
@@ -366,6 +395,22 @@ def get_schedule(name: str, T: int, *, zero_terminal_snr: bool = False, **params
     "quad"), ``cosine`` (Nichol & Dhariwal, s = 0.008, β clipped at 0.999), ``sigmoid_betas``
     (sigmoid on β, GeoDiff), ``sigmoid_alphas_cumprod`` (sigmoid on ᾱ, Jabri et al.), ``constant``.
     ``zero_terminal_snr=True`` applies Lin et al.'s rescaling so that ᾱ_T = 0.
+
+    Parameters
+    ----------
+    name : str
+        The schedule's name, one of the keys of :data:`SCHEDULES`.
+    T : int
+        The number of steps.
+    zero_terminal_snr : bool
+        Rescale the betas so that ᾱ_T = 0 (:func:`rescale_zero_terminal_snr`); needs T >= 2.
+    **params : float
+        The schedule's parameters (see :func:`make_betas`).
+
+    Returns
+    -------
+    Schedule
+        The schedule with its float64 tables, its name and the parameters it was built with.
     """
     betas = make_betas(name, T, **params)
     record = {k: v for k, v in params.items() if v is not None}
@@ -378,7 +423,20 @@ def get_schedule(name: str, T: int, *, zero_terminal_snr: bool = False, **params
 
 
 def space_timesteps(T: int, n: int) -> np.ndarray:
-    """``n`` timestep indices spread evenly over [0, T-1], always including 0 and T-1."""
+    """``n`` timestep indices spread evenly over [0, T-1], always including 0 and T-1.
+
+    Parameters
+    ----------
+    T : int
+        The number of steps of the schedule.
+    n : int
+        How many indices to take, 1 … T (one step takes T-1 alone).
+
+    Returns
+    -------
+    int64 array [n]
+        Increasing indices.
+    """
     n = check_int(n, "the number of steps", minimum=1)
     if n > T:
         raise ValueError(f"cannot take {n} steps from a schedule of T = {T} (need 1 <= steps <= T)")
@@ -410,6 +468,22 @@ def select_timesteps(
 
     Raises ``ValueError`` naming the value for an unknown spacing, ``n`` outside 1 … T or a ``rho``
     that is not a finite positive number.
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The schedule the model was trained with.
+    n : int
+        The number of sampling steps, 1 … T.
+    spacing : Spacing or str
+        ``"even"``, ``"logsnr"`` or ``"karras"``.
+    rho : float
+        ρ of the Karras spacing (ignored by the others).
+
+    Returns
+    -------
+    int64 array [n]
+        ``n`` distinct increasing indices of ``schedule``, 0 and T-1 among them.
     """
     spacing = Spacing.parse(spacing)
     T = schedule.num_timesteps

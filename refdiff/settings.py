@@ -268,6 +268,7 @@ class Diffusion:
         timestep_probs: Any = None,
         seed: int = 0,
         sample_indices: Array | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> MonteCarloBound:
         """An unbiased Monte-Carlo estimate of the bound (:func:`refdiff.variational_bound_mc`)."""
         return variational_bound_mc(
@@ -278,6 +279,7 @@ class Diffusion:
             timestep_probs=timestep_probs,
             seed=seed,
             sample_indices=sample_indices,
+            progress=progress,
             **self._bound_settings(),
         )
 
@@ -353,7 +355,7 @@ class Diffusion:
         fused: bool | None = None,
         **options: Any,
     ) -> Array:
-        """``n`` samples [n, *image_shape] with the sampler ``sampler`` (default
+        """``n`` samples ``[n, *image_shape]`` with the sampler ``sampler`` (default
         :data:`refdiff.samplers.DEFAULT_SAMPLER`) over ``steps`` training timesteps picked by
         ``spacing`` (defaults: the sampler's; :meth:`choose_sampler`), with its ``options``
         (``eta`` for DDIM, ...). The run settings (seed, sample_indices, xp, dtype, device,

@@ -32,7 +32,7 @@ FLOORS: list[tuple[str, ...]] = [
         "fused",
     ),
     ("settings", "diffusers_config", "timestep_sampling", "baseline", "images", "plots"),
-    ("onnx_contract", "runs"),
+    ("onnx_contract", "precision", "runs"),
     ("runtime", "evaluation", "graph", "nn"),
     ("training", "export", "models"),
     ("commands", "cli", "__init__"),

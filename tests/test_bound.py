@@ -67,28 +67,65 @@ def test_bound_of_a_mixture_is_at_least_its_nll():
 
 
 def test_monte_carlo_estimate_is_unbiased(gauss):
+    """The estimate is unbiased for the full bound of the same seed (the same x_t per t): over the
+    examples, their mean differs from it by a few of its own standard errors at most."""
     oracle, x0 = gauss
     x0 = x0[:128]
     s = get_schedule("cosine", 100)
     den = oracle.denoiser(s)
     full = rd.variational_bound(s, den, x0, decoder="gaussian").total_bpd
-    mc = rd.variational_bound_mc(s, den, x0, num_draws=64, decoder="gaussian")
-    assert mc.estimate_bpd.shape == (128,) and np.all(mc.stderr_bpd > 0)
-    # the average over examples: both unbiased for the same quantity
-    z = (mc.estimate_bpd.mean() - full.mean()) / math.sqrt(
-        (mc.stderr_bpd**2).mean() / 128 + full.var(ddof=1) / 128
+    for probs in (None, np.linspace(1, 5, 100) / np.linspace(1, 5, 100).sum()):
+        mc = rd.variational_bound_mc(
+            s, den, x0, num_draws=8, timestep_probs=probs, decoder="gaussian"
+        )
+        assert mc.estimate_bpd.shape == (128,) and np.all(mc.stderr_bpd > 0)
+        assert mc.exact_timesteps[:2] == (0, 1) and mc.groups == 4
+        z = (mc.estimate_bpd.mean() - full.mean()) / (np.sqrt((mc.stderr_bpd**2).sum()) / 128)
+        assert abs(z) < 4
+
+
+@pytest.mark.parametrize("num_draws", [2, 5, 16])
+def test_the_estimate_from_the_full_bounds_terms_is_the_same_estimate(gauss, num_draws):
+    """The evaluation reads the estimate from the full pass when it makes one: the same x_t per
+    t, hence the same numbers as the network calls of variational_bound_mc."""
+    oracle, x0 = gauss
+    s = get_schedule("cosine", 200)
+    den = oracle.denoiser(s)
+    idx = np.arange(100, 100 + x0.shape[0])
+    full = rd.variational_bound(s, den, x0, decoder="gaussian", seed=3, sample_indices=idx)
+    mc = rd.variational_bound_mc(
+        s, den, x0, num_draws=num_draws, decoder="gaussian", seed=3, sample_indices=idx
     )
-    assert abs(z) < 4
-    # importance sampling with any positive p(t) is unbiased too
-    probs = np.linspace(1, 5, 100)
-    probs /= probs.sum()
-    imp = rd.variational_bound_mc(
-        s, den, x0, num_draws=64, timestep_probs=probs, decoder="gaussian"
+    read = rd.mc_estimate_from_terms(
+        s, full.terms_bpd, full.prior_bpd, num_draws=num_draws, seed=3, sample_indices=idx
     )
-    z = (imp.estimate_bpd.mean() - full.mean()) / math.sqrt(
-        (imp.stderr_bpd**2).mean() / 128 + full.var(ddof=1) / 128
-    )
-    assert abs(z) < 4
+    assert_close(read.estimate_bpd, mc.estimate_bpd, rtol=1e-12)
+    assert_close(read.stderr_bpd, mc.stderr_bpd, rtol=1e-9, atol=1e-12)
+    assert read.exact_timesteps == mc.exact_timesteps and read.groups == mc.groups
+    with pytest.raises(ValueError, match=r"terms_bpd must be \[B, T=200\]"):
+        rd.mc_estimate_from_terms(s, full.terms_bpd[:, :10], full.prior_bpd)
+
+
+def test_monte_carlo_plan():
+    """L_0 and L_1 always exact; a term a draw would over-represent is exact too; the rest is
+    drawn in proportion to the log-SNR step times σ(λ + log v); with a budget near T, the full
+    pass."""
+    s = get_schedule("linear", 1000)
+    plan = rd.mc_plan(s, 16)
+    assert plan.exact.tolist() == [0, 1] and plan.tail.tolist() == list(range(2, 1000))
+    lam = s.log_snr
+    want = (lam[1:-1] - lam[2:]) / (1 + np.exp(-lam[2:]))  # v = 1 for data in [-1, 1]
+    assert_close(plan.tail_probs, want / want.sum(), rtol=1e-12)
+    wide = rd.mc_plan(s, 16, data_range=(-2.0, 2.0)).tail_probs  # v = 4: more weight at low SNR
+    assert wide[-1] > plan.tail_probs[-1] and wide[0] < plan.tail_probs[0]
+    big = rd.mc_plan(s, 64)
+    assert big.exact.size > 2 and 64 * big.tail_probs.max() < 1
+    assert np.all(np.diff(big.exact) == 1)  # the smallest t, in order
+    assert rd.mc_plan(get_schedule("cosine", 100), 64).tail.size == 0  # 64 draws + 7 exact >= T
+    zsnr = get_schedule("linear", 100, zero_terminal_snr=True)
+    assert 99 in rd.mc_plan(zsnr, 4).exact  # λ = -inf at the end: computed exactly
+    with pytest.raises(ValueError, match="num_draws"):
+        rd.mc_plan(s, 1)
 
 
 def test_discretized_bound_on_8bit_data():

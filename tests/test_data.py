@@ -472,6 +472,29 @@ def test_cifar_restricted_unpickler_refuses_code(tmp_path):
         load_cifar10(tmp_path / "src", split="test")
 
 
+@pytest.mark.parametrize("flaw", ["truncated", "forbidden global"])
+def test_a_bad_cifar_archive_is_one_line_from_the_cli(tmp_path, capsys, flaw):
+    """A truncated pickle or an os.system global in a CIFAR-10 .tar.gz printed a traceback."""
+    pytest.importorskip("torch")
+    from refdiff.cli import main
+
+    marker = tmp_path / "pwned.txt"
+    write_cifar_folder(tmp_path / "src")
+    batch = tmp_path / "src" / "data_batch_2"
+    if flaw == "truncated":
+        batch.write_bytes(batch.read_bytes()[:200])
+    else:
+        batch.write_bytes(pickle.dumps({b"data": _RunsShell(marker), b"labels": [0]}))
+    write_cifar_tar(tmp_path / "c.tar.gz", tmp_path / "src", "cifar-10-batches-py")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "c.tar.gz"), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("refdiff train: error: ") and "data_batch_2" in err[0]
+    assert ("truncated" if flaw == "truncated" else "refusing to load global") in err[0]
+    assert not marker.exists() and not out.exists()
+
+
 def test_cifar_malformed_batch(tmp_path):
     write_cifar_folder(tmp_path)
     (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}))

@@ -28,13 +28,21 @@ from refdiff.export import (  # noqa: E402
     export_onnx,
     verify_onnx,
 )
-from tiny_model import TINY_DIFFUSION, TINY_UNET, shared_export, tiny_diffusion, tiny_model  # noqa: E402
+from tiny_model import (  # noqa: E402
+    TINY_DIFFUSION,
+    TINY_UNET,
+    save_tiny_run,
+    shared_export,
+    tiny_diffusion,
+    tiny_model,
+)
 
 from refdiff import (  # noqa: E402
     Diffusion,
     ddim_sample,
     ddpm_sample,
 )
+from refdiff.cli import main  # noqa: E402
 from refdiff.commands import export as export_cli  # noqa: E402
 from refdiff.nn import UNet, UNetConfig  # noqa: E402
 from refdiff.onnx_contract import METADATA_KEY  # noqa: E402
@@ -141,6 +149,16 @@ def test_verify_fp32_passes_with_small_error(tiny_onnx):
     assert 0 < report.max_abs < 2e-5
     table = report.table()
     assert "PASS" in table and "max abs" in table
+
+
+def test_verify_shows_its_progress(tiny_onnx, capsys):
+    """The parity check of a large model takes a while: a bar over its cases, with the time
+    left (on stderr), when asked; nothing otherwise."""
+    verify_onnx(tiny_model(), tiny_onnx, progress=True)
+    err = capsys.readouterr().err
+    assert "parity" in err and "/6" in err and "case" in err
+    verify_onnx(tiny_model(), tiny_onnx)
+    assert capsys.readouterr().err == ""
 
 
 def test_verify_collects_every_value_failure(tiny_onnx):
@@ -367,6 +385,68 @@ def test_cli_check_on_a_checkpoint(tiny_onnx, tmp_path, capsys):
         args.func(args)
 
 
+def _with_weights(src: Path, dst: Path, weights: str | None) -> Path:
+    """``src`` with its metadata's ``weights`` entry set (None: removed, as in older files)."""
+
+    def edit(proto):
+        meta = _metadata(proto)
+        meta.pop("weights", None)
+        if weights is not None:
+            meta["weights"] = weights
+        _set_metadata(proto, json.dumps(meta))
+
+    return _rewrite(src, dst, edit)
+
+
+@pytest.mark.skipif(not HAS_TRAINER, reason="refdiff.training.checkpoint not available yet")
+def test_check_compares_the_weights_the_file_records(tiny_onnx, tmp_path, capsys):
+    """`refdiff check model.onnx RUN` on a file exported with --no-ema failed with no hint.
+    The file holds ``tiny_model(0)``; run ``a`` has it as raw weights, run ``b`` as EMA."""
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    save_tiny_run(run_a, tiny_model(), ema=tiny_model(seed=3))
+    save_tiny_run(run_b, tiny_model(seed=3), ema=tiny_model())
+    raw = _with_weights(tiny_onnx, tmp_path / "raw.onnx", "raw")
+    assert OnnxDenoiser(raw).metadata.weights == "raw"
+    assert main(["check", str(raw), str(run_a)]) == 0  # the raw weights, as the file says
+    captured = capsys.readouterr()
+    assert "PASS" in captured.out and "holds raw weights" in captured.err
+    # An older file that does not say: compared with the EMA, it fails, and says why it may
+    old = _with_weights(tiny_onnx, tmp_path / "old.onnx", None)
+    assert OnnxDenoiser(old).metadata.weights is None
+    assert main(["check", str(old), str(run_a), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not record whether it holds EMA or raw" in err[0]
+    assert "add --no-ema" in err[0]
+    # A file of EMA weights checked against the raw ones: the message says so
+    ema = _with_weights(tiny_onnx, tmp_path / "ema.onnx", "ema")
+    assert main(["check", str(ema), str(run_b)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(ema), str(run_b), "--no-ema"]) == 1
+    assert "holds EMA weights (its metadata says so): drop --no-ema" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_TRAINER, reason="refdiff.training.checkpoint not available yet")
+def test_export_records_the_weights(tmp_path, monkeypatch):
+    """`refdiff export --no-ema` records "weights": "raw" in the metadata, else "ema"."""
+    import refdiff.export as export_pkg
+
+    run = tmp_path / "run"
+    _save_run(run, tiny_model())
+    seen = []
+
+    def fake_export(model, diffusion, path, **kw):  # the recorded value, without the slow export
+        seen.append(kw["weights"])
+        Path(path).write_bytes(b"x")
+
+    monkeypatch.setattr(export_pkg, "export_onnx", fake_export)
+    for flags, want in (([], "ema"), (["--no-ema"], "raw")):
+        out = tmp_path / "m.onnx"
+        assert main(["export", str(run), "--out", str(out), "--no-verify", *flags]) == 0
+        assert seen[-1] == want
+    with pytest.raises(ValueError, match="weights must be one of"):
+        export_onnx(tiny_model(), tiny_diffusion(), tmp_path / "x.onnx", weights="EMA")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRAINER, reason="refdiff.training not available yet")
 def test_cli_export_and_check_a_trained_run(tmp_path, capsys):
@@ -387,14 +467,22 @@ def test_cli_export_and_check_a_trained_run(tmp_path, capsys):
         sample_steps=5,
     )
     train(config, run, progress=False)
-    for extra, name, dtype in (([], "model.onnx", "float32"), (["--fp16"], "m16.onnx", "float16")):
+    for extra, name, dtype in (
+        ([], "model.onnx", "float32"),
+        (["--fp16"], "m16.onnx", "float16"),
+        (["--no-ema"], "raw.onnx", "float32"),  # then checked against the raw weights
+    ):
         out = tmp_path / name
         args = _parser().parse_args(["export", str(run), "--out", str(out), *extra])
         assert args.func(args) == 0
-        text = capsys.readouterr().out
+        captured = capsys.readouterr()
+        text = captured.out
         assert "wrote" in text and "PASS" in text and f"{dtype} weights" in text
+        assert "M parameters" in text and "then the parity check" in text  # said before
+        assert "export" in captured.err and "parity" in captured.err  # and the bars
         den = OnnxDenoiser(out)
         assert den.diffusion == tiny_diffusion() and den.metadata.dtype == dtype
+        assert den.metadata.weights == ("raw" if "--no-ema" in extra else "ema")
         args = _parser().parse_args(["check", str(out), str(run)])
         assert args.func(args) == 0
         assert "PASS" in capsys.readouterr().out

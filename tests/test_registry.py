@@ -10,6 +10,7 @@ import inspect
 import array_api_compat.numpy as npx
 import numpy as np
 import pytest
+from conftest import read_npz
 from tiny_model import shared_export
 
 import refdiff as rd
@@ -75,7 +76,7 @@ def test_every_sampler_and_option_runs_from_the_cli_and_the_api(tiny, tmp_path, 
     sample_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sample", *argv, *flags, "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
-    saved = np.load(out.with_suffix(".npz"))
+    saved = read_npz(out.with_suffix(".npz"))
     np.testing.assert_array_equal(saved["images"], rd.runtime.to_uint8(got))
     assert str(saved["sampler"]) == name
 

@@ -82,13 +82,42 @@ def test_export_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     train(config, run, device="cpu", progress=False)
     monkeypatch.setattr(onnx, "save_model", _disk_full)
     out = tmp_path / "m.onnx"
-    code = main(["export", str(run), "--out", str(out)])
+    code = main(["export", str(run), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.splitlines() == [
         f"refdiff export: error: cannot write {str(out)!r}: No space left on device"
     ]
     assert not out.exists() and _no_leftovers(tmp_path) == []
+
+
+def test_train_on_a_full_disk_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """`refdiff train --out` on a full disk gave a clean error but left an empty run folder."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(os, "fsync", _disk_full)  # where a full disk shows up at the latest
+    out = tmp_path / "runs" / "t"
+    small = ["--steps", "1", "--base-channels", "8", "--num-groups", "4", "--no-progress"]
+    code = main(["train", "--data", "digits", "--out", str(out), *small])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_first_write_removes_only_the_folders_it_created(tmp_path):
+    from refdiff._io import created_folder
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError), created_folder(tmp_path / "kept" / "a" / "b"):
+        raise OSError(errno.ENOSPC, "full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
+    with pytest.raises(OSError), created_folder(tmp_path / "kept" / "a") as folder:
+        (folder / "other").write_text("a file another writer put there")
+        raise OSError(errno.ENOSPC, "full")
+    assert (tmp_path / "kept" / "a" / "other").is_file()  # not empty: left alone
+    with created_folder(tmp_path / "new") as folder:
+        (folder / "x").write_text("ok")
+    assert (tmp_path / "new" / "x").is_file()
 
 
 @pytest.mark.parametrize(

@@ -414,11 +414,11 @@ def test_cli_sample_writes_png_and_npz(tiny_onnx, denoiser, tmp_path, capsys):
     argv = [str(tiny_onnx), "--n", "6", "--sampler", "ddim", "--steps", "5", "--seed", "3"]
     assert _sample([*argv, "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
     assert out.stat().st_size > 0
-    data = np.load(out.with_suffix(".npz"))
     want = sample_images(denoiser, 6, sampler="ddim", steps=5, seed=3, progress=False)
-    np.testing.assert_array_equal(data["images"], want)
-    assert data["indices"].tolist() == list(range(6)) and int(data["seed"]) == 3
-    assert str(data["sampler"]) == "ddim" and int(data["steps"]) == 5
+    with np.load(out.with_suffix(".npz")) as data:
+        np.testing.assert_array_equal(data["images"], want)
+        assert data["indices"].tolist() == list(range(6)) and int(data["seed"]) == 3
+        assert str(data["sampler"]) == "ddim" and int(data["steps"]) == 5
     assert "wrote" in capsys.readouterr().out
     # Two shards, merged, are the same run.
     for k in range(2):
@@ -428,7 +428,10 @@ def test_cli_sample_writes_png_and_npz(tiny_onnx, denoiser, tmp_path, capsys):
             )
             == 0
         )
-    parts = [np.load(tmp_path / f"s{k}-shard{k:02d}of02.npz") for k in range(2)]  # named apart
+    parts = []
+    for k in range(2):
+        with np.load(tmp_path / f"s{k}-shard{k:02d}of02.npz") as part:  # named apart
+            parts.append({name: part[name] for name in ("images", "indices")})
     np.testing.assert_array_equal(np.concatenate([p["images"] for p in parts]), want)
     assert np.concatenate([p["indices"] for p in parts]).tolist() == list(range(6))
 
@@ -445,9 +448,9 @@ def test_cli_sample_offers_every_sampler_and_spacing(tiny_onnx, denoiser, tmp_pa
     argv = [str(tiny_onnx), "--n", "3", "--sampler", "dpmpp_2m", "--steps", "6"]
     assert _sample([*argv, "--spacing", "karras", "--out", str(out), "--no-progress"]) == 0
     want = sample_images(denoiser, 3, sampler="dpmpp_2m", steps=6, spacing="karras", progress=False)
-    data = np.load(out.with_suffix(".npz"))
-    np.testing.assert_array_equal(data["images"], want)
-    assert str(data["spacing"]) == "karras"
+    with np.load(out.with_suffix(".npz")) as data:
+        np.testing.assert_array_equal(data["images"], want)
+        assert str(data["spacing"]) == "karras"
 
 
 @pytest.mark.parametrize(
@@ -584,7 +587,8 @@ def test_cuda_cli_sample(tiny_onnx, cuda_denoiser, tmp_path):
     argv = [str(tiny_onnx), "--n", "4", "--sampler", "ddim", "--steps", "5", "--device", "cuda"]
     assert _sample([*argv, "--out", str(out), "--no-progress"]) == 0
     cpu = sample_images(OnnxDenoiser(tiny_onnx), 4, sampler="ddim", steps=5, progress=False)
-    got = np.load(out.with_suffix(".npz"))["images"]
+    with np.load(out.with_suffix(".npz")) as data:
+        got = data["images"]
     assert np.abs(got.astype(int) - cpu.astype(int)).max() <= 1
 
 

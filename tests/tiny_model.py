@@ -52,3 +52,30 @@ def shared_export(tmp_path_factory: pytest.TempPathFactory, fp16: bool = False) 
     if not path.exists():
         export_onnx(tiny_model(), tiny_diffusion(), path, fp16=fp16)
     return path
+
+
+def save_tiny_run(run_dir: Path, model, ema=None, step: int = 1) -> Path:
+    """A run folder of the tiny settings: a checkpoint at ``step`` with ``model`` as its raw
+    weights and ``ema`` (default ``model``) as its EMA, and the run's config.json."""
+    import numpy as np
+    import torch
+
+    from refdiff.nn import UNetConfig
+    from refdiff.runs.train_config import TrainConfig
+    from refdiff.training.checkpoint import save_checkpoint
+
+    config = TrainConfig(
+        unet=UNetConfig.from_dict(TINY_UNET), diffusion=tiny_diffusion(), loss="hybrid"
+    )
+    path = save_checkpoint(
+        run_dir,
+        step,
+        model=model,
+        ema=model if ema is None else ema,
+        optimizer=torch.optim.Adam(model.parameters()),
+        config=config,
+        timestep_sampler={},
+        numpy_rng=np.random.default_rng(0).bit_generator.state,
+    )
+    (Path(run_dir) / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
+    return path

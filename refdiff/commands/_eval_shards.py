@@ -69,7 +69,12 @@ def join_samples(args: argparse.Namespace) -> Any:
     if args.samples is None:
         return None
     paths = expand_paths(args.samples, "sample file")
-    joined = join_sample_files(paths, allow_partial=args.allow_partial, partial_hint=SAMPLES_HINT)
+    joined = join_sample_files(
+        paths,
+        key=getattr(args, "samples_key", "images"),
+        allow_partial=args.allow_partial,
+        partial_hint=SAMPLES_HINT,
+    )
     if joined.missing.size:
         print(
             f"note: a partial set of samples: {joined.missing.size} of {joined.n} missing "

@@ -26,12 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._io import check_output_folder, make_dir, write_text
+from .._deps import require
+from .._io import check_output_folder, created_folder, write_text
 from ._argtypes import non_negative_int, positive_int
 
 __all__ = ["add_parser", "run", "run_demo", "torch_free_stage"]
 
 MARKER = ".refdiff-demo"
+#: The demo's wall time on a 2-core CPU after the install, as README.md measures it (two fresh-clone
+#: runs of `make demo`: 3 min 59 s idle, 4 min 3 s beside a busy process).
+MEASURED_MINUTES = 4
 #: The budgets of network calls of the demo's quality-vs-calls sweep, over every registered sampler
 #: on its own spacing (200 = T: the reference, DDPM over every step). benchmarks/quality_vs_steps.py
 #: runs a larger one.
@@ -50,11 +54,15 @@ _BLOCK_TORCH = (
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
-        help="train, export, sample without PyTorch and evaluate on the digits (about 10 min on 2 CPU cores)",
+        help="train, export, sample without PyTorch and evaluate on the digits (about "
+        f"{MEASURED_MINUTES} min on 2 CPU cores)",
         description=(
-            "The whole pipeline on scikit-learn's 8x8 digits (shipped with scikit-learn, nothing is "
-            "downloaded): train the tiny U-Net, export it to ONNX, sample from the ONNX model in a "
-            "process without PyTorch, evaluate, and write a run folder with PNGs, plots and a report."
+            "The whole pipeline on scikit-learn's 8x8 digits (shipped with scikit-learn, nothing\n"
+            "is downloaded): train the tiny U-Net, export it to ONNX, sample from the ONNX model in\n"
+            "a process without PyTorch, evaluate, and write a run folder with PNGs, plots and a\n"
+            f"report. It takes about {MEASURED_MINUTES} minutes on a 2-core CPU (measured after "
+            "`make install`;\nREADME.md has the runs), and says what each of its six stages does "
+            "as it starts it."
         ),
         epilog="example:\n  refdiff demo --out runs/demo\n  refdiff demo --out runs/quick --steps 200 --eval-images 64",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,8 +128,10 @@ def _prepare_out(out: Path) -> None:
                 f"{out} exists and is not a refdiff demo folder; choose another --out or remove it"
             )
         shutil.rmtree(out)  # a previous demo: start afresh
-    make_dir(out)
-    write_text(out / MARKER, "written by `refdiff demo`; the folder is replaced when it reruns\n")
+    with created_folder(out):  # a failed first write leaves no empty folder
+        write_text(
+            out / MARKER, "written by `refdiff demo`; the folder is replaced when it reruns\n"
+        )
 
 
 class _Stages:
@@ -205,8 +215,9 @@ def run_demo(
         model, diff = load_model(out / "train")
         parity = {}
         for name, fp16 in (("model.onnx", False), ("model-fp16.onnx", True)):
-            path = export_onnx(model, diff, out / name, fp16=fp16)
-            rep = verify_onnx(model, path)
+            print(f"    {name}: torch.export to ONNX, onnx.checker, parity", flush=True)
+            path = export_onnx(model, diff, out / name, fp16=fp16, progress=progress)
+            rep = verify_onnx(model, path, progress=progress)
             parity[name] = {"max_abs": rep.max_abs, "max_rel": rep.max_rel, "ok": rep.ok}
             print(f"    {name}: max abs error {rep.max_abs:.2e}, max rel error {rep.max_rel:.2e}")
         report["export"] = parity
@@ -302,7 +313,11 @@ def torch_free_stage(args_json: str) -> None:
     diffusion = den.diffusion
     res: dict[str, Any] = {}
 
+    def say(line: str) -> None:
+        print(f"    {line}", flush=True)
+
     # samples: ancestral DDPM over all T steps
+    say(f"{a['n_samples']} samples, DDPM over all {diffusion.num_timesteps} steps")
     ts = time.perf_counter()
     images = sample_images(
         den, a["n_samples"], sampler="ddpm", seed=a["seed"], progress=a["progress"]
@@ -338,6 +353,7 @@ def torch_free_stage(args_json: str) -> None:
     # held-out bits/dim through the core's bound, the per-pixel baseline on the same images, and
     # the sample quality in a digits classifier's feature space, with its floor and ceiling
     train, test = load_digits("train").images, load_digits("test").images
+    say(f"held-out bits/dim of {min(a['eval_images'], len(test))} digits, baseline, sample quality")
     report = evaluate(
         den,
         diffusion,
@@ -348,9 +364,10 @@ def torch_free_stage(args_json: str) -> None:
         digits=True,
         full=True,
         num_draws=16,
-        mc_timesteps="uniform",
+        mc_timesteps="schedule",
         seed=a["seed"],
         progress=a["progress"],
+        announce=lambda line: say(f"  {line}"),
     )
     bpd = report["bits_per_dim"]
     with atomic_path(out / "bound_terms.npy", suffix=".npy") as tmp:
@@ -360,7 +377,21 @@ def torch_free_stage(args_json: str) -> None:
     res["sample_quality"] = report["sample_quality"]
 
     # the same model with fewer network calls: each sampler at each budget, scored the same way
+    from refdiff import SAMPLERS
+
+    say(
+        f"sample quality against network calls: {len(SAMPLERS)} samplers x budgets "
+        f"{', '.join(map(str, SWEEP_CALLS))}, {a['n_samples']} samples each"
+    )
     ts = time.perf_counter()
+    sweep = require("tqdm", "eval", "progress bars").tqdm(
+        total=len(SAMPLERS) * sum(SWEEP_CALLS) * a["n_samples"],
+        desc="sweep",
+        unit="sample-call",
+        unit_scale=True,
+        disable=not a["progress"],
+        leave=False,
+    )
     rows = quality_vs_steps(
         den,
         diffusion,
@@ -371,7 +402,9 @@ def torch_free_stage(args_json: str) -> None:
         train=train,
         test=test,
         batch_size=a["n_samples"],
+        progress=lambda row: sweep.update(row["budget"] * a["n_samples"]),
     )
+    sweep.close()
     plot_quality_vs_calls(rows, out / "quality_vs_calls.png")
     res["quality_vs_calls"] = {
         "rows": rows,
@@ -429,6 +462,10 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _interval(iv: Any) -> str:
+    return "-" if not iv else f"{iv[0]:.3f} .. {iv[1]:.3f}"
+
+
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     from refdiff._io import write_json, write_text
 
@@ -448,10 +485,12 @@ def _write_report(out: Path, report: dict[str, Any]) -> None:
         "| model | bits/dim |",
         "|---|---|",
         f"| diffusion model, full bound over all T | {_fmt(b.get('bpd_full'))} ± {_fmt(b.get('bpd_full_stderr'))} |",
-        f"| diffusion model, Monte-Carlo estimate | {_fmt(b.get('bpd_mc'))} ± {_fmt(b.get('bpd_mc_stderr'))} |",
+        f"| diffusion model, Monte-Carlo estimate ({b.get('mc_calls_per_image')} calls per image) | {_fmt(b.get('bpd_mc'))} ± {_fmt(b.get('bpd_mc_stderr'))} |",
         f"| per-pixel independent baseline (same code) | {_fmt(tf['baseline_bits_per_dim'])} |",
         "",
-        f"({b.get('num_images')} held-out images; ± is the standard error over images.)",
+        f"({b.get('num_images')} held-out images. The full bound's ± is the standard error over "
+        "images; the estimate's is its Monte-Carlo error, how far it may lie from the full bound "
+        f"on these images: 95 % interval {_interval(b.get('bpd_mc_interval'))}.)",
         "",
         "## Samples (Fréchet distance in a digits classifier's feature space; lower is better)",
         "",

@@ -107,6 +107,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "-1,1 for floats)",
     )
     p.add_argument(
+        "--npz-key",
+        metavar="KEY",
+        default=None,
+        help=".npz files: the array holding the images (default: 'images', or the only array)",
+    )
+    p.add_argument(
         "--n-images",
         metavar="N",
         type=non_negative_int,
@@ -124,19 +130,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "index once): report sample quality",
     )
     p.add_argument(
+        "--samples-key",
+        metavar="KEY",
+        default="images",
+        help="the array of the --samples files that holds the samples (default: images)",
+    )
+    p.add_argument(
         "--mc-draws",
         metavar="K",
         type=_draws,
         default=16,
-        help="timesteps per image of the Monte-Carlo estimate; 0 skips it (default: 16)",
+        help="timesteps drawn per image by the Monte-Carlo estimate, besides the few it "
+        "computes exactly (L_0, L_1, ...); 0 skips it (default: 16)",
     )
     p.add_argument(
         "--mc-timesteps",
-        choices=("importance", "uniform"),
-        default="importance",
-        help="timestep distribution of the Monte-Carlo estimate: 'importance' (p(t) from a pilot "
-        "run of the full bound on 16 training images; far less noise) or 'uniform' "
-        "(default: importance)",
+        choices=("schedule", "importance"),
+        default="schedule",
+        help="proposal of the Monte-Carlo estimate's timesteps: 'schedule' (where the "
+        "schedule lets the bound's terms be large, no extra cost) or 'importance' (p(t) from a "
+        "pilot run of the full bound on 16 training images: T more calls, less noise) (default: "
+        "schedule). Uniform timesteps are not offered: a few of them miss the small t that "
+        "carry most of the bound",
     )
     p.add_argument(
         "--no-full", action="store_true", help="skip the full bound (T model calls per batch)"
@@ -178,15 +193,21 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    m, b = report["model"], report["bits_per_dim"] or {}
-    d = report["diffusion"]
-    where = m["path"] + (f" (step {m['step']})" if "step" in m else "")
-    print(
-        f"\n{where}: {m['kind']}, T = {d['schedule']['T']}, {d['prediction']} prediction, "
-        f"{d['variance']} variance\nheld-out: {report['data']['name']}, "
-        f"{report['data']['num_images']} images\n"
+def _header(model: dict[str, Any], diffusion: dict[str, Any], data: dict[str, Any]) -> str:
+    """The model and the images, two lines: printed before an evaluation starts."""
+    where = model["path"] + (f" (step {model['step']})" if "step" in model else "")
+    return (
+        f"{where}: {model['kind']}, T = {diffusion['schedule']['T']}, {diffusion['prediction']} "
+        f"prediction, {diffusion['variance']} variance\nheld-out: {data['name']}, "
+        f"{data['num_images']} images"
     )
+
+
+def _print_report(report: dict[str, Any], *, header: bool = True) -> None:
+    b = report["bits_per_dim"] or {}
+    if header:  # an evaluation printed it before it started; a merge prints it here
+        print("\n" + _header(report["model"], report["diffusion"], report["data"]))
+    print()
     merged = report.get("merged") or {}
     if merged.get("missing"):
         print(
@@ -206,10 +227,11 @@ def _print_report(report: dict[str, Any]) -> None:
     if b.get("bpd_mc") is not None:
         rows.append(
             (
-                f"diffusion, Monte-Carlo ({b['num_draws']} t/image, {b['mc_timesteps']})",
+                f"diffusion, Monte-Carlo ({b['mc_calls_per_image']} calls/image, "
+                f"{b['mc_timesteps']})",
                 _fmt(b["bpd_mc"]),
                 _fmt(b["bpd_mc_stderr"]),
-                "Monte-Carlo noise",
+                "Monte-Carlo noise; 95 %: {:.4f} .. {:.4f}".format(*b["bpd_mc_interval"]),
             )
         )
     base = report["baseline"]
@@ -247,7 +269,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import check_output_file, make_dir, write_json
+    from .._io import check_output_file, created_folder, write_json
     from ._eval_shards import check_shard_output, merged_report
 
     t0 = time.perf_counter()
@@ -283,11 +305,11 @@ def run(args: argparse.Namespace) -> int:
             plot_bound_terms(bpd["terms_bpd"], args.plot_terms, prior_bpd=bpd["prior_bpd"])
         )
     seconds["total"] = time.perf_counter() - t0
-    _print_report(report)
+    _print_report(report, header=args.merge is not None)
     if args.out is not None:
         out = Path(args.out)
-        make_dir(out.parent)
-        write_json(out, report)
+        with created_folder(out.parent):  # a failed first write leaves no empty folder
+            write_json(out, report)
         print(f"\nwrote {out}")
     if args.plot_terms is not None:
         print(f"wrote {report['plot_terms']}")
@@ -331,6 +353,7 @@ def _evaluate(args: argparse.Namespace, t0: float, part: Path | None) -> dict[st
             split=split,
             holdout_fraction=args.holdout_fraction,
             value_range=args.value_range,
+            npz_key=args.npz_key,
         )
 
     data = load(args.split)
@@ -378,9 +401,21 @@ def _evaluate(args: argparse.Namespace, t0: float, part: Path | None) -> dict[st
         "seed": args.seed,
         "progress": not args.no_progress,
     }
+    # what is evaluated and each long stage with its cost, before it starts
+    print(_header(model_info, diffusion.to_dict(), data_info), flush=True)
+
+    def announce(line: str) -> None:
+        print(f"  {line}", flush=True)
+
     if part is not None:
         scores = score_images(
-            denoiser, diffusion, images, train_uint8=train.images, shard=args.shard, **method
+            denoiser,
+            diffusion,
+            images,
+            train_uint8=train.images,
+            shard=args.shard,
+            announce=announce,
+            **method,
         )
         # what the shards must share; the data by its images, whatever path each job gave
         ident_data = {k: v for k, v in data_info.items() if k != "spec"}
@@ -405,6 +440,7 @@ def _evaluate(args: argparse.Namespace, t0: float, part: Path | None) -> dict[st
         samples_uint8=samples,
         reference_uint8=None if reference is None else reference.images,
         digits=args.data == "digits",
+        announce=announce,
         **method,
     )
     seconds = {"load_model": load_model, "load_data": load_data, **report.pop("seconds")}

@@ -6,11 +6,13 @@ Nothing heavy at module level: torch, onnx and onnxruntime are imported when a c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._io import check_output_file
+from . import precision
 from ._argtypes import non_negative_float, positive_int_list
 from ._sampler_args import add_sampler_arguments, choose_sampler, sampler_flags_given
 
@@ -90,8 +92,10 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument(
         "--no-ema", action="store_true", help="export the raw weights instead of the EMA weights"
     )
+    precision.add_export_arguments(e)
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: 18)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check after exporting")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_sampler_arguments(e)
     e.add_argument(
         "--layout",
@@ -121,7 +125,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="a run folder (its latest checkpoint), a checkpoint folder, or a diffusers "
         "pipeline or UNet folder; for a generator file, optional: the model it was built from "
-        "(any format, its denoiser .onnx too)",
+        "(any format, its denoiser .onnx too); for a denoiser without it (and without "
+        "--against): print what the file is",
     )
     c.add_argument(
         "--no-ema", action="store_true", help="compare with the raw weights instead of the EMA"
@@ -135,7 +140,9 @@ def add_parser(subparsers: Any) -> None:
     )
     c.add_argument("--atol", type=non_negative_float, default=None, help="absolute tolerance")
     c.add_argument("--rtol", type=non_negative_float, default=None, help="relative tolerance")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    precision.add_check_arguments(c)
     c.set_defaults(func=run_check)
 
 
@@ -156,18 +163,43 @@ def run_export(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, what="--out file")  # before the (long) export
     if sampler_flags_given(args):  # a generator: from an .onnx file, no torch is needed
         return _export_generator(args, out)
+    if args.fp16 and args.precision not in (None, "float16"):
+        raise ValueError(f"--fp16 contradicts --precision {args.precision}")
+    args.precision = "float16" if args.fp16 else (args.precision or "float32")
+    if args.checkpoint.endswith(".onnx"):
+        return precision.variant_from_file(args, out)
     from ..export import ParityError, export_onnx, verify_onnx
+
     opened = _torch_model(args.checkpoint, args.no_ema)
     model = opened.module
-    print(f"exporting {opened.describe()} to {out} ...", flush=True)
-    export_onnx(model, opened.diffusion, out, opset=args.opset, fp16=args.fp16)
+    if args.precision in precision.VARIANTS:
+        return precision.export_variant(args, model, opened.diffusion, out)
+    # recorded in the file, so that `refdiff check` compares like with like
+    weights = ("raw" if args.no_ema else "ema") if opened.format == "refdiff" else None
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    then = "" if args.no_verify else ", then the parity check against PyTorch"
+    print(
+        f"exporting {opened.describe()} ({params:.1f} M parameters) to {out}: torch.export to "
+        f"ONNX and onnx.checker{then}",
+        flush=True,
+    )
+    progress = not args.no_progress
+    export_onnx(
+        model,
+        opened.diffusion,
+        out,
+        opset=args.opset,
+        fp16=args.precision == "float16",
+        weights=weights,
+        progress=progress,
+    )
     size = out.stat().st_size / 2**20
-    dtype = "float16" if args.fp16 else "float32"
+    dtype = args.precision
     print(f"wrote {out} ({size:.1f} MiB, {dtype}, opset {args.opset}); onnx.checker: ok")
     if args.no_verify:
         return 0
     try:
-        report = verify_onnx(model, out)
+        report = verify_onnx(model, out, progress=progress)
     except ParityError as exc:
         print(exc.report.table())
         print(
@@ -179,6 +211,15 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_weights(meta: str | None) -> str | None:
+    """The ``weights`` entry ("ema" or "raw") of a file's refdiff metadata, if it has one."""
+    try:
+        weights = json.loads(meta or "{}").get("weights")
+    except (ValueError, AttributeError):  # unreadable: verify_onnx reports it
+        return None
+    return weights if isinstance(weights, str) else None
+
+
 def run_check(args: argparse.Namespace) -> int:
     from ..export import ParityError, verify_onnx
     from ..onnx_contract import METADATA_KEY, file_kind, read_metadata_props
@@ -186,14 +227,25 @@ def run_check(args: argparse.Namespace) -> int:
     model_path = Path(args.model)
     if not model_path.exists():
         raise FileNotFoundError(f"ONNX model {args.model!r} does not exist")
-    if file_kind(read_metadata_props(model_path).get(METADATA_KEY)) != "denoiser":
+    if args.against is not None:
+        return precision.run_drift(args)
+    meta = read_metadata_props(model_path).get(METADATA_KEY)
+    if file_kind(meta) != "denoiser":
         return _check_generator(args, model_path)
     if args.checkpoint is None:
-        raise ValueError(
-            f"checking the denoiser {args.model!r} needs the model it was exported from: "
-            "refdiff check FILE.onnx RUN_OR_CHECKPOINT"
+        print(precision.describe_file(model_path))
+        return 0
+    recorded = _recorded_weights(meta)
+    # compare like with like: the weights the file records, unless --no-ema says otherwise
+    raw = args.no_ema or recorded == "raw"
+    if raw and not args.no_ema:
+        print(
+            f"note: {model_path} holds raw weights (exported with --no-ema): comparing with "
+            "the checkpoint's raw weights",
+            file=sys.stderr,
         )
-    model = _torch_model(args.checkpoint, args.no_ema).module
+    opened = _torch_model(args.checkpoint, raw)
+    model = opened.module
     try:
         report = verify_onnx(
             model,
@@ -202,13 +254,28 @@ def run_check(args: argparse.Namespace) -> int:
             atol=args.atol,
             rtol=args.rtol,
             seed=args.seed,
+            progress=not args.no_progress,
         )
     except ParityError as exc:
         print(exc.report.table())
         n = len(exc.report.failures)
+        if recorded is not None and args.no_ema and recorded != "raw":
+            hint = "; the file holds EMA weights (its metadata says so): drop --no-ema"
+        elif recorded is None and opened.format == "refdiff":
+            hint = (
+                "; the file does not record whether it holds EMA or raw weights (exported before "
+                "refdiff recorded it): "
+                + (
+                    "if it holds EMA weights, drop --no-ema"
+                    if raw
+                    else "if it was exported with --no-ema, add --no-ema"
+                )
+            )
+        else:
+            hint = ""
         print(
             f"refdiff check: error: {model_path} does not match the checkpoint "
-            f"({n} problem(s), listed above)",
+            f"({n} problem(s), listed above){hint}",
             file=sys.stderr,
         )
         return 1

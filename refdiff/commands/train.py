@@ -6,7 +6,6 @@ Imports nothing heavy at module level: torch is imported when the command runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from ..samplers import SAMPLERS
 from ._argtypes import fraction, int_list, value_range
 
-__all__ = ["add_parser", "overrides_from_args", "run"]
+__all__ = ["PROCESS_FLAGS", "add_parser", "overrides_from_args", "resolve_with_flags", "run"]
 
 _EPILOG = textwrap.dedent(
     """\
@@ -49,12 +48,18 @@ _EPILOG = textwrap.dedent(
 )
 
 
+#: Flags that steer this process and are not part of a run's configuration.
+PROCESS_FLAGS = frozenset(
+    {"out", "resume", "config", "device", "threads", "no_progress", "print_config", "help"}
+)
+
 # flag destination -> dotted config key
 _KEYS = {
     "data": "data",
     "image_size": "image_size",
     "holdout_fraction": "holdout_fraction",
     "value_range": "value_range",
+    "npz_key": "npz_key",
     "flip": "flip",
     "preset": "unet.preset",
     "channels": "unet.in_channels",
@@ -195,6 +200,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="LO,HI",
         help=".npz files: the range the stored values lie in, mapped onto 0..255 (default: "
         "0,255 for integers, -1,1 for floats)",
+    )
+    data_g.add_argument(
+        "--npz-key",
+        metavar="KEY",
+        help=".npz files: the array holding the images (default: 'images', or the only array)",
     )
     data_g.add_argument(
         "--flip",
@@ -341,18 +351,87 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _shown(args: argparse.Namespace, dests: list[str]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return ""
+        if isinstance(v, (list, tuple)):
+            return " " + ",".join(map(str, v))
+        return f" {v}"
+
+    return " ".join(_flag(d) + value(getattr(args, d)) for d in dests)
+
+
+def resolve_with_flags(args: argparse.Namespace) -> Any:
+    """The run's configuration: the file (``--config``, or the run's config.json with ``--resume``)
+    overridden by every setting flag given, by one rule.
+
+    A flag replaces its key of the file, and the file's values that follow from it are derived
+    again (``--preset`` replaces the file's whole network; see
+    :func:`refdiff.runs.resolve_config`). A flag that cannot take effect is refused by name:
+    ``--recipe`` over a file that sets every key the recipe would set, and, with ``--resume``,
+    any flag that would change what the run trains (everything but ``RESUMABLE_KEYS``: the
+    length of the run and what it reports).
+    """
+    from ..runs.train_config import (
+        RESUMABLE_KEYS,
+        applied_recipe,
+        config_differences,
+        load_config_file,
+        resolve_config,
+    )
+
+    out = Path(args.out)
+    source: str | None = getattr(args, "config", None)
+    if args.resume and source is None and (out / "config.json").is_file():
+        source = str(out / "config.json")
+    base = None if source is None else load_config_file(source)
+    overrides = overrides_from_args(args)
+    given = [d for d in _KEYS if hasattr(args, d)]
+    try:
+        config = resolve_config(base, overrides)
+    except (ValueError, TypeError) as exc:
+        if base is None or not given:
+            raise
+        raise type(exc)(f"{_shown(args, given)} with {source}: {exc}") from None
+    if base is None:
+        return config
+    if "recipe" in given:
+        without = {k: v for k, v in overrides.items() if k != "recipe"}
+        same = resolve_config(base, without).to_dict() == config.to_dict()
+        if same and applied_recipe(base, without) != applied_recipe(base, overrides):
+            raise ValueError(
+                f"--recipe {args.recipe} changes nothing: a recipe only fills in what {source} "
+                "leaves out, and the file sets every key the recipe sets; give the values you "
+                "want as flags or in the file"
+            )
+    if args.resume:
+        changed = config_differences(resolve_config(base), config, ignore=RESUMABLE_KEYS)
+        if changed:
+            tops = {k.split(".")[0] for k in changed}
+            culprits = [d for d in given if _KEYS[d].split(".")[0] in tops] or given
+            keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            allowed = sorted(_flag(d) for d in _KEYS if _KEYS[d] in RESUMABLE_KEYS)
+            raise ValueError(
+                f"cannot resume {str(out)!r} with {_shown(args, culprits)}: it would change "
+                f"what the run trains ({keys}); a resumed run may change only "
+                f"{', '.join(allowed)}; start a new run with another --out"
+            )
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``refdiff train`` (returns the exit status)."""
     import torch
 
-    from ..runs.train_config import resolve_config
     from ..training.trainer import Trainer
 
     out = Path(args.out)
-    base: Any = getattr(args, "config", None)
-    if args.resume and base is None and (out / "config.json").is_file():
-        base = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    config = resolve_config(base, overrides_from_args(args))
+    config = resolve_with_flags(args)
     if args.print_config:
         print(config.to_json())
         return 0
@@ -384,7 +463,10 @@ def _report(s: dict[str, Any], batch: int) -> None:
     else:
         print(f"nothing to do: the run is already at step {s['step']} (raise --steps)")
     if "eval_bpd" in s:
-        extra = f" ± {s['eval_bpd_stderr']:.3f}" if "eval_bpd_stderr" in s else ""
+        extra = ""
+        if "eval_bpd_interval" in s:
+            lo, hi = s["eval_bpd_interval"]
+            extra = f" ± {s['eval_bpd_stderr']:.4f} (Monte-Carlo; 95 %: {lo:.4f} .. {hi:.4f})"
         print(
             f"held-out bits/dim: {s['eval_bpd']:.4f}{extra}  (per-pixel baseline "
             f"{s['baseline_bpd']:.4f}, {s['eval_examples']} images)"

@@ -94,6 +94,7 @@ def load_dataset(
     channels: int = 3,
     holdout_fraction: float = DEFAULT_HOLDOUT,
     value_range: tuple[float, float] | None = None,
+    npz_key: str | None = None,
 ) -> ImageDataset:
     """Load a dataset named by a string.
 
@@ -116,6 +117,8 @@ def load_dataset(
         The held-out share of a source without a test split.
     value_range : (lo, hi), optional
         For ``.npz`` files: the range the stored values lie in (see :func:`load_npz`).
+    npz_key : str, optional
+        For ``.npz`` files: the array holding the images (:func:`load_npz`'s ``key``).
 
     Returns
     -------
@@ -130,6 +133,9 @@ def load_dataset(
     """
     split = check_split(split)
     if spec == "digits":
+        for name, value in (("a value range", value_range), ("an .npz key", npz_key)):
+            if value is not None:
+                raise ValueError(f"{name} applies to .npz files only, not to 'digits'")
         dataset = load_digits(split)
     else:
         path = Path(spec)
@@ -140,12 +146,14 @@ def load_dataset(
         is_npz = path.is_file() and path.suffix.lower() == ".npz"
         if value_range is not None and not is_npz:
             raise ValueError(f"a value range applies to .npz files only, not to {spec!r}")
+        if npz_key is not None and not is_npz:
+            raise ValueError(f"an .npz key applies to .npz files only, not to {spec!r}")
         if is_cifar10_source(path):
             dataset = load_cifar10(path, split=split)
         elif path.is_dir():
             dataset = load_image_folder(path, image_size=image_size, channels=channels)
         elif is_npz:
-            dataset = load_npz(path, value_range=value_range)
+            dataset = load_npz(path, key=npz_key, value_range=value_range)
         else:
             raise ValueError(
                 f"cannot tell the format of {spec!r}: expected 'digits', a .npz file, a CIFAR-10 "

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -14,17 +15,23 @@ import numpy as np
 
 from .dataset import ImageDataset, check_split, existing_path
 
-__all__ = ["is_cifar10_source", "load_cifar10"]
+__all__ = ["UnsafeBatchError", "is_cifar10_source", "load_cifar10"]
 
 _CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST_BATCHES = ("test_batch",)
 _CIFAR_SUBFOLDER = "cifar-10-batches-py"
 
 
+class UnsafeBatchError(pickle.UnpicklingError, ValueError):
+    """A batch file that is not a readable pickle of NumPy arrays: truncated, corrupted, or asking
+    for a global other than NumPy's (``os.system``, say). A ``ValueError`` too, so that the
+    ``refdiff`` command reports it in one line like any other bad input."""
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` restricted to latin-1: how Python 3 writes bytes in pickle protocol 2."""
     if encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+        raise UnsafeBatchError(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin-1")
 
 
@@ -60,7 +67,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise UnsafeBatchError(
                 f"refusing to load global {module}.{name}: only NumPy arrays are allowed"
             ) from None
 
@@ -69,10 +76,13 @@ def _unpickle_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode one CIFAR-10 batch into images ``[n, 3, 32, 32]`` and labels ``[n]``."""
     try:
         batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        raise pickle.UnpicklingError(f"{source}: {exc}") from exc
-    except EOFError as exc:
-        raise ValueError(f"{source}: truncated pickle") from exc
+    except UnsafeBatchError as exc:
+        raise UnsafeBatchError(f"{source}: {exc}; nothing in it was run") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError) as exc:
+        # a truncated or corrupted pickle: "pickle data was truncated", "invalid load key", ...
+        raise UnsafeBatchError(
+            f"{source}: not a readable CIFAR-10 batch (truncated or corrupted pickle: {exc})"
+        ) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{source}: not a CIFAR-10 batch (expected a dict with data and labels)")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -153,8 +163,9 @@ def load_cifar10(path: str | os.PathLike[str], *, split: str = "train") -> Image
         If ``path`` does not exist.
     ValueError
         If batches are missing (the message names them) or malformed.
-    pickle.UnpicklingError
-        If a batch asks for anything other than NumPy arrays.
+    UnsafeBatchError
+        (a ``ValueError`` and a ``pickle.UnpicklingError``) If a batch is truncated or corrupted,
+        or asks for anything other than NumPy arrays.
     """
     split = check_split(split)
     root = existing_path(path)
@@ -174,8 +185,8 @@ def load_cifar10(path: str | os.PathLike[str], *, split: str = "train") -> Image
     elif _is_tar(root):
         try:
             raw = _read_tar_members(root, names)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ValueError(f"cannot read tar archive {str(root)!r}: {exc}") from exc
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise ValueError(f"cannot read tar archive {str(root)!r}: {exc}") from None
         missing = [name for name in names if name not in raw]
         if missing:
             raise ValueError(f"CIFAR-10 batches missing from {str(root)!r}: {missing}")

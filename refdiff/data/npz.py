@@ -138,7 +138,7 @@ def load_npz(
             else:
                 raise ValueError(
                     f"{str(file)!r} holds {len(keys)} arrays {keys} and none is named 'images'; "
-                    "pass key="
+                    "name the one holding the images (key=, or --npz-key on the command line)"
                 )
         elif key not in keys:
             raise ValueError(f"{str(file)!r} has no array {key!r}; available keys: {keys}")

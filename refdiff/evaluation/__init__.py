@@ -8,6 +8,7 @@
 - :mod:`.toys`: exact checks on Gaussian-mixture toys;
 - :mod:`.shards`: a shard's per-image scores and the partial files ``refdiff eval --shard``
   writes and ``--merge`` joins;
+- :mod:`.drift`: the drift harness, a reduced-precision variant against float32 step by step;
 - :mod:`.cli`: the ``refdiff eval`` command (which imports torch only for a PyTorch checkpoint).
 
 NumPy and SciPy only: no torch. See docs/evaluation.md.
@@ -16,6 +17,7 @@ NumPy and SciPy only: no torch. See docs/evaluation.md.
 from __future__ import annotations
 
 from .classifier import DigitsClassifier, digits_classifier, train_digits_classifier
+from .drift import DriftReport, measure_drift
 from .evaluate import evaluate, score_images
 from .likelihood import BoundParts, bits_per_dim, bound_parts, importance_timestep_probs
 from .quality import (
@@ -31,6 +33,7 @@ from .toys import toy_bound_gap, toy_mixture_report
 __all__ = [
     "BoundParts",
     "DigitsClassifier",
+    "DriftReport",
     "ImageScores",
     "bits_per_dim",
     "bound_parts",
@@ -40,6 +43,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_gaussians",
     "importance_timestep_probs",
+    "measure_drift",
     "memorisation_report",
     "merge_partials",
     "nearest_neighbour_distances",

@@ -67,8 +67,14 @@ class DigitsClassifier:
 
     Attributes
     ----------
-    w1 : [64, H], b1 : [H], w2 : [H, 10], b2 : [10]
-        float64 weights (H hidden units).
+    w1 : float64 array [64, H]
+        Input weights (H hidden units).
+    b1 : float64 array [H]
+        Hidden biases.
+    w2 : float64 array [H, 10]
+        Output weights.
+    b2 : float64 array [10]
+        Output biases.
     train_accuracy, test_accuracy : float
         Accuracy on the digits training split it was fitted on and on the held-out test split.
     iterations : int
@@ -154,6 +160,11 @@ def train_digits_classifier(
         L-BFGS iteration limit.
     seed : int
         Seed of the initial weights.
+
+    Returns
+    -------
+    DigitsClassifier
+        The fitted weights and their accuracies on the training and held-out splits.
     """
     from ..data import load_digits  # scikit-learn's loader is slow to import; only here
 
@@ -208,7 +219,13 @@ def train_digits_classifier(
 
 @functools.lru_cache(maxsize=1)
 def digits_classifier() -> DigitsClassifier:
-    """The project's digits classifier with the default settings, fitted once per process."""
+    """The project's digits classifier with the default settings, fitted once per process.
+
+    Returns
+    -------
+    DigitsClassifier
+        ``train_digits_classifier()``, cached.
+    """
     return train_digits_classifier()
 
 

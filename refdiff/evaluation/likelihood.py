@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from .._array import to_host
 from .._deps import require
+from ..bound import mc_estimate_from_terms, mc_plan
 from ..data import check_uint8_images, to_model_range
 from ..settings import Diffusion
 from ._arrays import mean_and_stderr
@@ -47,29 +49,8 @@ def bits_per_dim(
     images_uint8 : numpy.ndarray
         ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
     **options
-        Keyword arguments of :func:`bound_parts`, as follows.
-    full : bool
-        Compute the full bound (all T terms per image: T denoiser calls per batch).
-    num_draws : int
-        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
-    batch_size : int
-        Images per denoiser call.
-    seed : int
-        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
-        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
-    progress : bool
-        Show a tqdm progress bar (on stderr).
-    timestep_probs : array_like [T], optional
-        Importance distribution of the Monte-Carlo estimate's timesteps (positive, summing to 1;
-        see :func:`importance_timestep_probs`); default uniform. Either way it is unbiased.
-    indices : array_like of int [N], optional
-        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
-        A process evaluating a shard of a larger set passes its images' indices.
-    dtype : floating dtype
-        The dtype of the data given to the bound (float32, as the models are trained).
-    xp, device : optional
-        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
-        denoiser has one (the ONNX runtime does), else NumPy.
+        The keyword arguments of :func:`bound_parts`: ``full``, ``num_draws``, ``batch_size``,
+        ``seed``, ``progress``, ``timestep_probs``, ``indices``, ``dtype``, ``xp``, ``device``.
 
     Returns
     -------
@@ -78,22 +59,48 @@ def bits_per_dim(
         images), ``prior_bpd`` (L_T), ``terms_bpd`` (float64 [T]: the mean of each L_t in bits/dim,
         index t as in the code, so ``terms_bpd[0]`` is the decoder term L_0) and ``x0_mse``
         ([T]); ``bpd_mc`` and ``bpd_mc_stderr`` (the Monte-Carlo noise of that estimate:
-        sqrt(Σ_i se_i²) / N, how far it may be from the full bound on these images); ``None``
-        for parts not computed. Also ``num_images``, ``num_draws``, ``T`` and the seconds each
-        part took.
+        sqrt(Σ_i se_i²) / N, how far it may be from the full bound of the same seed on these
+        images), ``bpd_mc_interval`` (its 95 % interval: ± Student's t quantile at the
+        Welch-Satterthwaite degrees of freedom ``mc_dof`` times the standard error),
+        ``mc_exact_timesteps`` and ``mc_calls_per_image`` (see :func:`refdiff.mc_plan`);
+        ``None`` for parts not computed. Also ``num_images``, ``num_draws``, ``T`` and the
+        seconds each part took.
     """
     return bound_parts(denoiser, diffusion, images_uint8, **options).summary()
 
 
 @dataclass
 class BoundParts:
-    """The bound's pieces per image (float64 NumPy), before they are averaged: the global
-    ``indices`` of the images [N], the full bound ``total`` [N] and ``prior`` [N] with the
-    per-timestep ``terms`` and ``mse`` [N, T] (None without the full pass), the Monte-Carlo
-    ``mc_estimate`` [N] and its variance ``mc_var`` [N] (None without draws). Shards of one
+    """The bound's pieces per image (float64 NumPy), before they are averaged. Shards of one
     evaluation are joined with :meth:`join` (in one run of processes) or :meth:`concat` (from
     files); every average is then taken over the joined per-image arrays in image order, so the
-    figures of any split equal those of one process bit for bit."""
+    figures of any split equal those of one process bit for bit.
+
+    Attributes
+    ----------
+    T : int
+        The number of steps of the model's schedule.
+    seed : int
+        The seed of the bound's noise.
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (0: not computed).
+    mc_timesteps : str
+        ``"schedule"`` or ``"importance"``: the proposal the estimate drew its timesteps from.
+    indices : int64 array [N] or None
+        The global indices of the images.
+    total, prior : float64 array [N] or None
+        The full bound per image and its prior term L_T, in bits/dim.
+    terms, mse : float64 array [N, T] or None
+        Each image's L_t and x̂_0 error per timestep (None without the full pass).
+    mc_estimate, mc_var : float64 array [N] or None
+        The Monte-Carlo estimate per image and its variance.
+    mc_groups : int
+        The pairs of strata each image's variance comes from (its degrees of freedom).
+    mc_exact : tuple of int
+        The timesteps the estimate computed exactly for every image.
+    seconds_full, seconds_mc : float or None
+        How long each part took.
+    """
 
     T: int
     seed: int
@@ -106,6 +113,8 @@ class BoundParts:
     mse: np.ndarray | None = None
     mc_estimate: np.ndarray | None = None
     mc_var: np.ndarray | None = None
+    mc_groups: int = 0
+    mc_exact: tuple[int, ...] = ()
     seconds_full: float | None = None
     seconds_mc: float | None = None
 
@@ -169,6 +178,10 @@ class BoundParts:
             "x0_mse": None,
             "bpd_mc": None,
             "bpd_mc_stderr": None,
+            "bpd_mc_interval": None,
+            "mc_dof": None,
+            "mc_exact_timesteps": None,
+            "mc_calls_per_image": None,
             "seconds_full": self.seconds_full,
             "seconds_mc": self.seconds_mc,
         }
@@ -178,8 +191,17 @@ class BoundParts:
             result["terms_bpd"] = self.terms_sum / n
             result["x0_mse"] = self.mse_sum / n
         if self.mc_estimate is not None:
-            result["bpd_mc"] = float(self.mc_estimate.mean())
-            result["bpd_mc_stderr"] = float(math.sqrt(self.mc_var.sum()) / n)
+            mean, var = float(self.mc_estimate.mean()), self.mc_var
+            se = math.sqrt(var.sum()) / n
+            # Welch-Satterthwaite: the images' variance estimates, mc_groups d.o.f. each
+            dof = var.sum() ** 2 / ((var**2).sum() / self.mc_groups) if var.sum() > 0 else math.inf
+            half = float(special.stdtrit(dof, 0.975)) * se if se > 0 else 0.0  # Student t
+            result["bpd_mc"], result["bpd_mc_stderr"] = mean, se
+            result["bpd_mc_interval"] = [mean - half, mean + half]
+            result["mc_dof"] = float(dof)
+            result["mc_exact_timesteps"] = list(self.mc_exact)
+            drawn = self.num_draws if len(self.mc_exact) < self.T else 0
+            result["mc_calls_per_image"] = len(self.mc_exact) + drawn
         return result
 
 
@@ -199,7 +221,47 @@ def bound_parts(
     xp: Any = None,
     device: Any = None,
 ) -> BoundParts:
-    """The per-image pieces of :func:`bits_per_dim` (same arguments), not yet averaged."""
+    """The per-image pieces of :func:`bits_per_dim`, not yet averaged.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``, with ``t`` the timestep indices
+        of the model's own schedule (``diffusion.schedule``).
+    diffusion : Diffusion
+        The model's settings: schedule, prediction, variance, decoder, clipping, image shape.
+    images_uint8 : numpy.ndarray
+        ``uint8 [N, C, H, W]`` with ``(C, H, W) == diffusion.image_shape``.
+    full : bool
+        Compute the full bound (all T terms per image: T denoiser calls per batch).
+    num_draws : int
+        Timesteps per image of the Monte-Carlo estimate (≥ 2), or 0 to skip it.
+    batch_size : int
+        Images per denoiser call.
+    seed : int
+        Seed of the bound's noise; image i's noise depends on (seed, i) only, so results do not
+        depend on ``batch_size``. The trainer's periodic evaluation uses seed 0 too.
+    progress : bool
+        Show a tqdm progress bar (on stderr).
+    timestep_probs : array_like [T], optional
+        Proposal of the Monte-Carlo estimate's timesteps (positive, summing to 1; see
+        :func:`importance_timestep_probs`); default the schedule's envelope
+        (:func:`refdiff.mc_plan`). Either way it is unbiased. With the full pass, the estimate
+        reads its terms from it (:func:`refdiff.mc_estimate_from_terms`: no more calls).
+    indices : array_like of int [N], optional
+        The global index of each image (its noise depends on (seed, index)); default 0 … N-1.
+        A process evaluating a shard of a larger set passes its images' indices.
+    dtype : floating dtype
+        The dtype of the data given to the bound (float32, as the models are trained).
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default: ``denoiser.xp`` when the
+        denoiser has one (the ONNX runtime does), else NumPy.
+
+    Returns
+    -------
+    BoundParts
+        The per-image bound, its per-timestep sums and the Monte-Carlo estimate (float64 NumPy).
+    """
     images = check_uint8_images(images_uint8, "images")
     shape = tuple(diffusion.image_shape)
     if tuple(images.shape[1:]) != shape:
@@ -235,8 +297,18 @@ def bound_parts(
     T = diffusion.num_timesteps
     x_all = to_model_range(images, dtype)
     starts = range(0, n, batch_size)
-    total = len(starts) * ((T if full else 0) + (1 if num_draws else 0))
+    plan = (
+        mc_plan(diffusion.schedule, num_draws, timestep_probs, diffusion.data_range)
+        if num_draws
+        else None
+    )
+    mc_calls = 0 if plan is None else plan.exact.size + (num_draws if plan.tail.size else 0)
+    # with the full pass, the estimate reads its terms from it (the same x_t): no extra calls
+    total = len(starts) * (T if full else mc_calls)
     bar = tqdm(total=total, desc="bits/dim", unit="call", disable=not progress, leave=False)
+
+    def tick(*_: Any) -> None:
+        bar.update(1)
 
     def arr(a: np.ndarray) -> Any:
         return xp.asarray(a) if device is None else xp.asarray(a, device=device)
@@ -250,27 +322,38 @@ def bound_parts(
         T=T,
         seed=seed,
         num_draws=num_draws,
-        mc_timesteps="uniform" if timestep_probs is None else "importance",
+        mc_timesteps="schedule" if timestep_probs is None else "importance",
         indices=index.astype(np.int64),
     )
     try:
+        est, var, mc = [], [], None
         if full:
             t0 = time.perf_counter()
             totals, priors, terms, mses = [], [], [], []
             for x, idx in batches():
-                res = diffusion.bound(
-                    denoiser, x, seed=seed, sample_indices=idx, progress=lambda *_: bar.update(1)
-                )
+                res = diffusion.bound(denoiser, x, seed=seed, sample_indices=idx, progress=tick)
                 totals.append(to_host(res.total_bpd).astype(np.float64))
                 priors.append(to_host(res.prior_bpd).astype(np.float64))
                 terms.append(to_host(res.terms_bpd).astype(np.float64))
                 mses.append(to_host(res.x0_mse).astype(np.float64))
+                if num_draws:
+                    mc = mc_estimate_from_terms(
+                        diffusion.schedule,
+                        res.terms_bpd,
+                        res.prior_bpd,
+                        num_draws=num_draws,
+                        timestep_probs=timestep_probs,
+                        data_range=diffusion.data_range,
+                        seed=seed,
+                        sample_indices=idx,
+                    )
+                    est.append(to_host(mc.estimate_bpd).astype(np.float64))
+                    var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
             parts.total, parts.prior = np.concatenate(totals), np.concatenate(priors)
             parts.terms, parts.mse = np.concatenate(terms), np.concatenate(mses)
             parts.seconds_full = time.perf_counter() - t0
-        if num_draws:
+        elif num_draws:
             t0 = time.perf_counter()
-            est, var = [], []
             for x, idx in batches():
                 mc = diffusion.bound_mc(
                     denoiser,
@@ -279,12 +362,14 @@ def bound_parts(
                     timestep_probs=timestep_probs,
                     seed=seed,
                     sample_indices=idx,
+                    progress=tick,
                 )
                 est.append(to_host(mc.estimate_bpd).astype(np.float64))
                 var.append(to_host(mc.stderr_bpd).astype(np.float64) ** 2)
-                bar.update(1)
-            parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
             parts.seconds_mc = time.perf_counter() - t0
+        if mc is not None:
+            parts.mc_estimate, parts.mc_var = np.concatenate(est), np.concatenate(var)
+            parts.mc_groups, parts.mc_exact = mc.groups, mc.exact_timesteps
     finally:
         bar.close()
     return parts
@@ -300,6 +385,7 @@ def importance_timestep_probs(
     dtype: Any = np.float32,
     xp: Any = None,
     device: Any = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """A timestep distribution for the Monte-Carlo bound, from a pilot run of the full bound.
 
@@ -308,6 +394,25 @@ def importance_timestep_probs(
     should not be the images evaluated (training images, say), so that p stays independent of
     them and the estimate unbiased; a ``uniform_share`` of uniform probability is mixed in so that
     no timestep is starved. Costs T denoiser calls on the pilot batch.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x_t, t) -> model_output`` on arrays of namespace ``xp``.
+    diffusion : Diffusion
+        The model's settings.
+    pilot_uint8 : numpy.ndarray
+        ``uint8 [P, C, H, W]`` pilot images (not the ones to be evaluated).
+    uniform_share : float
+        The share of uniform probability mixed in, in (0, 1].
+    seed : int
+        Seed of the pilot's bound noise.
+    dtype : floating dtype
+        The dtype of the data given to the bound.
+    xp, device : optional
+        The array namespace (and device) the denoiser takes; default ``denoiser.xp`` or NumPy.
+    progress : bool
+        Show a tqdm bar over the pilot's T calls (on stderr).
 
     Returns
     -------
@@ -328,10 +433,12 @@ def importance_timestep_probs(
         import array_api_compat.numpy as xp
     x = to_model_range(pilot, dtype)
     x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
-    res = diffusion.bound(denoiser, x, seed=seed)
+    tqdm = require("tqdm", "eval", "progress bars").tqdm
+    T = diffusion.num_timesteps
+    with tqdm(total=T, desc="pilot", unit="call", disable=not progress, leave=False) as bar:
+        res = diffusion.bound(denoiser, x, seed=seed, progress=lambda *_: bar.update(1))
     terms = to_host(res.terms_bpd).astype(np.float64)  # [B, T]
     rms = np.sqrt(np.mean(np.clip(terms, 0.0, None) ** 2, axis=0))
-    T = rms.shape[0]
     shaped = rms / rms.sum() if rms.sum() > 0 else np.full(T, 1.0 / T)
     probs = (1.0 - uniform_share) * shaped + uniform_share / T
     return probs / probs.sum()

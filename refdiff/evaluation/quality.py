@@ -48,6 +48,18 @@ def frechet_distance_gaussians(
     ``scipy.linalg.sqrtm(Σ1 @ Σ2)``, but with no complex round-off and no failure on the singular
     covariances that fewer samples than features give. Rounding may leave a result of order
     -1e-12 for identical inputs; it is clipped to 0.
+
+    Parameters
+    ----------
+    mu1, cov1 : array_like [D], [D, D]
+        Mean and covariance of the first Gaussian.
+    mu2, cov2 : array_like [D], [D, D]
+        Mean and covariance of the second (positive semi-definite).
+
+    Returns
+    -------
+    float
+        The distance, at least 0.
     """
     mu1, mu2 = (
         np.atleast_1d(np.asarray(mu1, np.float64)),
@@ -121,6 +133,20 @@ def nearest_neighbour_distances(
 
     0 means the query is an exact copy of a reference image; two 8x8 images that differ by one
     fully black vs fully white pixel are 1 apart.
+
+    Parameters
+    ----------
+    queries_uint8 : numpy.ndarray
+        uint8 [N_queries, C, H, W].
+    reference_uint8 : numpy.ndarray
+        uint8 [N_reference, C, H, W], at least one image of the queries' shape.
+    chunk : int
+        Queries per block of the distance matrix (bounds the memory to chunk × N_reference).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [N_queries]: each query's distance to its nearest reference image.
     """
     q = check_uint8_images(queries_uint8, "queries")
     r = check_uint8_images(reference_uint8, "reference images")
@@ -150,6 +176,22 @@ def memorisation_report(samples_uint8: np.ndarray, *, train: Any, heldout: Any) 
     model that memorises gives many samples much closer (``nn_exact_copies`` counts samples equal
     to a training image, ``nn_share_below_heldout_p5`` the share of samples nearer than the 5th
     percentile of the held-out images' distances: about 0.05 for a model that does not copy).
+
+    Parameters
+    ----------
+    samples_uint8 : numpy.ndarray
+        uint8 [N, C, H, W] generated images.
+    train : numpy.ndarray
+        uint8 [N_train, C, H, W] the model's training images.
+    heldout : numpy.ndarray
+        uint8 [N_heldout, C, H, W] real images the model never saw.
+
+    Returns
+    -------
+    dict
+        Mean, median and minimum nearest-training distance of the samples and of the held-out
+        images, the held-out 5th percentile, ``nn_share_below_heldout_p5`` and
+        ``nn_exact_copies``.
     """
     s = check_uint8_images(samples_uint8, "samples")
     tr = check_uint8_images(train, "training images")

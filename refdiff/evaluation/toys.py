@@ -127,8 +127,13 @@ def toy_bound_gap(
     diffusion : Diffusion
         Its ``image_shape`` must hold D values (e.g. (D, 1, 1)); its decoder is ignored.
     mixture : refdiff.GaussianMixture
+        The data distribution.
     n : int
         Points, ≥ 2.
+    seed : int
+        Seed of the points and of the bound's noise.
+    batch_size : int
+        Points per denoiser call.
 
     Returns
     -------

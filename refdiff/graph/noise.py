@@ -175,7 +175,7 @@ def standard_normal(
     *,
     dtype: Any = np.float32,
 ) -> str:
-    """Standard normal noise [B, *shape] as ONNX nodes, equal to
+    """Standard normal noise ``[B, *shape]`` as ONNX nodes, equal to
     ``refdiff.noise.standard_normal(seed, indices, step, shape, xp=np, dtype=dtype)``.
 
     Parameters
@@ -200,7 +200,7 @@ def standard_normal(
     Returns
     -------
     str
-        The noise, [B, *shape] of ``dtype``.
+        The noise, ``[B, *shape]`` of ``dtype``.
     """
     g = _check_builder(g)
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):

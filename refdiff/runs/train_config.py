@@ -50,6 +50,7 @@ __all__ = [
     "RECIPES",
     "RESUMABLE_KEYS",
     "TrainConfig",
+    "applied_recipe",
     "config_differences",
     "deep_merge",
     "load_config_file",
@@ -125,8 +126,11 @@ def _is_num(v: object) -> bool:
 class TrainConfig:
     """Everything that defines a training run.
 
-    Data
-    ----
+    The parameters come in five groups, in this order: the data, the model, the objective and
+    optimiser, the CUDA-only switches and the reporting.
+
+    Parameters
+    ----------
     data : str
         ``"digits"``, a folder of images, a ``.npz`` file, or a CIFAR-10 folder / ``.tar.gz``
         (see :func:`refdiff.data.load_dataset`).
@@ -139,22 +143,24 @@ class TrainConfig:
     value_range : (lo, hi) or None
         ``.npz`` files only: the range the stored values lie in (default: 0..255 for integers,
         -1..1 for floats; see :func:`refdiff.data.load_npz`).
+    npz_key : str or None
+        ``.npz`` files only: the array holding the images (default: ``images``, or the only
+        array).
     flip : bool
         Random horizontal flips of training images (off for digits: a mirrored 2 is no digit).
-
-    Model
-    -----
     unet : UNetConfig
+        The U-Net's architecture.
     diffusion : Diffusion
         Its ``image_shape`` must be ``(unet.in_channels, unet.image_size, unet.image_size)`` and
         a learned variance needs ``unet.learn_sigma``; :meth:`from_dict` derives both by default.
-
-    Objective and optimiser
-    -----------------------
     loss : {"simple", "hybrid", "vlb"}
+        The training loss (:func:`refdiff.training_losses`).
     timestep_sampler : {"uniform", "loss_second_moment"}
+        How training timesteps are drawn (:mod:`refdiff.timestep_sampling`).
     optimizer : {"adam", "adamw"}
+        The optimiser.
     lr, weight_decay : float
+        Its learning rate and weight decay.
     warmup_steps : int
         Linear learning-rate warm-up from lr/warmup_steps to lr over this many steps.
     grad_clip : float or None
@@ -168,13 +174,9 @@ class TrainConfig:
         ``min(ema_rate, (1 + s) / (10 + s))`` so early averages are not dominated by the init.
     seed : int
         Seeds the initial weights, data order, timesteps, noise and dropout.
-
-    CUDA only (ignored, with a note, on CPU)
-    ----------------------------------------
     bf16, channels_last, compile : bool
-
-    Reporting
-    ---------
+        CUDA only (ignored, with a note, on the CPU): bfloat16 autocast, channels-last memory
+        format, ``torch.compile``.
     log_every : int
         Steps between lines of ``metrics.jsonl``.
     eval_every, sample_every, checkpoint_every : int
@@ -200,6 +202,7 @@ class TrainConfig:
     image_size: int | None = None
     holdout_fraction: float = 0.05
     value_range: tuple[float, float] | None = None
+    npz_key: str | None = None
     flip: bool = False
     unet: UNetConfig = field(default_factory=lambda: preset("tiny"))
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(image_shape=(1, 8, 8)))
@@ -291,6 +294,8 @@ class TrainConfig:
             ):
                 raise ValueError(f"value_range must be [lo, hi] with lo < hi, got {vr!r}")
             object.__setattr__(self, "value_range", (float(vr[0]), float(vr[1])))
+        if self.npz_key is not None and (not isinstance(self.npz_key, str) or not self.npz_key):
+            raise ValueError(f"npz_key must be a non-empty string or None, got {self.npz_key!r}")
         if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
             raise ValueError(f"image_size must be a positive int or None, got {self.image_size!r}")
         if self.image_size is not None and self.image_size != self.unet.image_size:
@@ -464,9 +469,33 @@ def resolve_config(
     The recipe is the one named by a ``recipe`` key (``"none"`` for no recipe); by default
     ``digits`` when the data are the digits and the U-Net preset is ``tiny`` (the default preset
     for the digits; other data default to the ``cifar10`` preset).
+
+    An override replaces the file's value of its key, and the file's values that follow from it
+    are derived again: ``unet.preset`` replaces the file's whole ``unet`` table (a preset is a
+    network), a new channel count, image size or preset re-derives ``diffusion.image_shape``, a
+    new ``diffusion.variance`` re-derives ``unet.learn_sigma``, a new schedule name drops the
+    file's parameters of the old schedule.
     """
+    merged, recipe = _merge(file, overrides)
+    if recipe is not None:
+        merged = deep_merge(RECIPES[recipe], merged)
+    return TrainConfig.from_dict(merged)
+
+
+def applied_recipe(
+    file: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The name of the recipe :func:`resolve_config` applies to these inputs (None: none)."""
+    return _merge(file, overrides)[1]
+
+
+def _merge(
+    file: str | Path | Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], str | None]:
+    """The file under the overrides, with a default preset, and the recipe to put under both."""
     base = load_config_file(file) if isinstance(file, (str, Path)) else dict(file or {})
-    merged = deep_merge(base, overrides or {})
+    merged = deep_merge(_without_overridden(base, overrides or {}), overrides or {})
     data = merged.get("data", TrainConfig.data)
     unet = dict(_section(merged, "unet"))
     if "preset" not in unet and not _full_unet(unet):
@@ -477,11 +506,32 @@ def resolve_config(
     recipe = merged.pop("recipe", None)
     if recipe is None and data == "digits" and unet.get("preset") == "tiny":
         recipe = "digits"
-    if recipe not in (None, "none"):
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)} or 'none'")
-        merged = deep_merge(RECIPES[recipe], merged)
-    return TrainConfig.from_dict(merged)
+    if recipe not in (None, "none") and recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)} or 'none'")
+    return merged, None if recipe in (None, "none") else recipe
+
+
+def _without_overridden(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` less the values that ``top`` replaces or that follow from values it replaces
+    (see :func:`resolve_config`); the keys ``top`` sets itself are left for the merge."""
+    out = copy.deepcopy(dict(base))
+    unet_top, diff_top = _section(top, "unet"), _section(top, "diffusion")
+    unet, diff = dict(_section(out, "unet")), dict(_section(out, "diffusion"))
+    if "preset" in unet_top:
+        unet = {}
+    if {"preset", "in_channels", "image_size"} & set(unet_top) or "image_size" in top:
+        diff.pop("image_shape", None)
+    if "variance" in diff_top:
+        unet.pop("learn_sigma", None)
+    old, new = diff.get("schedule"), diff_top.get("schedule")
+    if isinstance(old, Mapping) and isinstance(new, Mapping) and "name" in new:
+        if old.get("name") != new["name"]:
+            diff["schedule"] = {k: v for k, v in old.items() if k == "T"}
+    if "unet" in out or unet:
+        out["unet"] = unet
+    if "diffusion" in out or diff:
+        out["diffusion"] = diff
+    return out
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,7 +23,19 @@ class DeviceUnavailableError(ValueError):
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:1"`` -> ("cuda", 1)."""
+    """``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:1"`` -> ("cuda", 1).
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (case and surrounding spaces ignored).
+
+    Returns
+    -------
+    (str, int)
+        The kind (``"cpu"`` or ``"cuda"``) and the device index; anything else is a
+        ``ValueError`` naming it.
+    """
     if not isinstance(device, str):
         raise TypeError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     kind, _, index = device.strip().lower().partition(":")

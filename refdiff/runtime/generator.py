@@ -280,7 +280,7 @@ class Conformance:
     max_abs : float
         The largest difference of the float32 samples.
     max_rel : float
-        ... relative to 1 + |sample|.
+        ... relative to ``1 + |sample|``.
     pixels_differing : int
         How many 8-bit pixel values differ (values near a rounding boundary may).
     pixels : int

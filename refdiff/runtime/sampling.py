@@ -25,7 +25,7 @@ import numpy as np
 from .._array import to_host
 from .._checks import check_int
 from .._enums import Spacing
-from .._io import check_output_file, make_dir, write_npz
+from .._io import check_output_file, created_folder, write_npz
 from ..sampler_loop import Callback
 from ..sampler_registry import SamplerChoice, SamplerSpec
 from ..settings import Diffusion
@@ -397,9 +397,9 @@ def save_samples(
             f"need one index per image: {images.shape[0]} images, indices {indices.shape}"
         )
     extra = {k: np.asarray(v) for k, v in (info or {}).items() if v is not None}
-    make_dir(png.parent)
-    write_npz(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
     h, w = images.shape[2:]
     shown = images if grid_limit is None else images[: max(1, int(grid_limit))]
+    with created_folder(png.parent):  # a failed first write leaves no empty folder
+        write_npz(npz, images=images, indices=indices, seed=np.uint64(seed), **extra)
     save_grid(shown, png, nrow=nrow, scale=max(1, 32 // max(h, w)))
     return png, npz

@@ -9,6 +9,10 @@ PyTorch model: ``denoiser(x, t) -> model_output``.
 - ``device="cuda"`` (or ``"cuda:N"``): CuPy arrays in and out, the CUDAExecutionProvider through
   IO binding on the arrays' device pointers, so no sampling step copies through the host.
 
+A file's precision (:mod:`refdiff.precision`, docs/precision.md) picks its engine: float32,
+float16 and int8 files run in onnxruntime; a bfloat16 file runs on the CPU in OpenVINO
+(:mod:`.openvino`, the ``openvino`` extra), with the same calls.
+
 Nothing here imports torch; onnxruntime (and CuPy, for CUDA) are imported when a denoiser is
 opened, so importing this module is cheap.
 """
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx_contract import METADATA_KEY, OUTPUT_NAME, ModelMetadata, check_graph, check_onnx_file
+from ..precision import ENGINES
 from ..settings import Diffusion
 from .devices import (
     DeviceUnavailableError,
@@ -68,6 +73,8 @@ class OnnxDenoiser:
         ``array_api_compat.cupy``), for the samplers.
     providers : list of str
         The providers the session actually uses.
+    precision : str
+        ``float32``, ``float16``, ``int8`` or ``bfloat16`` (the metadata's precision).
 
     Raises
     ------
@@ -149,6 +156,18 @@ class OnnxDenoiser:
             self.metadata, self.session.get_inputs(), self.session.get_outputs(), source=source
         )
         self.diffusion: Diffusion = self.metadata.diffusion
+        self.precision: str = self.metadata.precision_name
+        self._engine = None  # a bfloat16 file runs in OpenVINO (refdiff.precision)
+        if ENGINES[self.precision] == "openvino":
+            if kind == "cuda":
+                raise DeviceUnavailableError(
+                    f"{str(self.path)!r} is a bfloat16 file, which runs on the CPU (OpenVINO); "
+                    "on a GPU use the float32 or float16 file"
+                )
+            from .openvino import OpenVinoEngine
+
+            threads = getattr(session_options, "intra_op_num_threads", 0) or None
+            self._engine = OpenVinoEngine(self.path, threads=threads)
         self.image_shape: tuple[int, int, int] = self.diffusion.image_shape
         self.out_channels: int = self.diffusion.out_channels
         if kind == "cuda":
@@ -161,7 +180,7 @@ class OnnxDenoiser:
     def __repr__(self) -> str:
         return (
             f"OnnxDenoiser({str(self.path)!r}, device={self.device!r}, "
-            f"dtype={self.metadata.dtype!r}, T={self.diffusion.num_timesteps})"
+            f"precision={self.precision!r}, T={self.diffusion.num_timesteps})"
         )
 
     def _check_call(self, x: Any, t: Any) -> int:
@@ -192,7 +211,10 @@ class OnnxDenoiser:
             "x": np.ascontiguousarray(x, dtype=np.float32),
             "t": np.ascontiguousarray(t, dtype=np.int64),
         }
-        (out,) = self.session.run([OUTPUT_NAME], feed)
+        if self._engine is not None:
+            (out,) = self._engine.run(feed["x"], feed["t"])
+        else:
+            (out,) = self.session.run([OUTPUT_NAME], feed)
         return out if out.dtype == x.dtype else out.astype(x.dtype)
 
     def _run_bound(

@@ -42,8 +42,10 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, str
     c = config.unet.in_channels
     try:
         if has_test_split(spec):
-            train = load_dataset(spec, split="train")
-            held = load_dataset(spec, split="test")
+            # an .npz option given for these sources is refused by load_dataset, not ignored
+            npz_options = {"value_range": config.value_range, "npz_key": config.npz_key}
+            train = load_dataset(spec, split="train", **npz_options)
+            held = load_dataset(spec, split="test", **npz_options)
             name = train.name
             train_u8, held_u8 = train.images, held.images
         else:
@@ -53,6 +55,7 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, str
                 image_size=config.image_size,
                 channels=c if c in (1, 3) else 3,
                 value_range=config.value_range,
+                npz_key=config.npz_key,
             )
             train_u8, held_u8 = split_holdout(ds.images, config.holdout_fraction, source=repr(spec))
             name = ds.name

@@ -1,7 +1,7 @@
 """The training loop: steps, logs, evaluations, sample grids and checkpoints of one run.
 
 :class:`Trainer` puts the pieces together: the run folder (:class:`refdiff.runs.RunFolder`), the
-data (:mod:`.data`), the state and its step (:class:`~refdiff.training.step.TrainState`), the
+data (:mod:`refdiff.training.data`), the state and its step (:class:`~refdiff.training.step.TrainState`), the
 evaluation (:func:`refdiff.evaluation.evaluate`, on the EMA model) and the samplers
 (:meth:`refdiff.Diffusion.sample`). Every process of a torchrun run holds a Trainer; rank 0
 alone writes.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from .._io import check_output_folder, make_dir, write_text
+from .._io import check_output_folder, created_folder, write_text
 from ..data import from_model_range
 from ..evaluation.evaluate import evaluate
 from ..images import save_grid, save_strip
@@ -37,6 +37,14 @@ __all__ = ["EVAL_SEED", "Trainer", "train"]
 
 #: Seed of the evaluation noise: fixed, so runs with different seeds are scored on the same draws.
 EVAL_SEED = 0
+
+
+def _bpd(ev: dict[str, Any]) -> str:
+    """``4.0123``, or ``4.0123 ± 0.0456 (95 %: 3.93 .. 4.10)`` for a Monte-Carlo estimate."""
+    if "eval_bpd_interval" not in ev:
+        return f"{ev['eval_bpd']:.4f}"
+    lo, hi = ev["eval_bpd_interval"]
+    return f"{ev['eval_bpd']:.4f} ± {ev['eval_bpd_stderr']:.4f} (95 %: {lo:.4f} .. {hi:.4f})"
 
 
 def _silent(_: str) -> None:
@@ -115,10 +123,10 @@ class Trainer:
             self._log(f"resumed from {ckpt.path} at step {ckpt.step}")
 
         if self.ctx.is_main:
-            make_dir(self.out)
-            remove_stale_temporaries(self.out)
-            write_text(self.folder.config_file, cfg.to_json() + "\n")
-            self._trim_metrics()
+            with created_folder(self.out):  # a failed first write leaves no empty run folder
+                remove_stale_temporaries(self.out)
+                write_text(self.folder.config_file, cfg.to_json() + "\n")
+                self._trim_metrics()
         self.ctx.barrier()
 
     # ---------------------------------------------------------------------------- run folder
@@ -191,7 +199,7 @@ class Trainer:
         parts = parts.cpu().numpy()
         return np.concatenate([parts[r, : sizes[r]] for r in range(len(sizes))])
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         """Held-out bits/dim of the EMA model and of the per-pixel baseline on the same images.
 
         The images are the first ``eval_examples`` of the held-out set, sharded over processes;
@@ -207,7 +215,7 @@ class Trainer:
             train_uint8=self.train_images,
             full=full,
             num_draws=0 if full else cfg.eval_mc_draws,
-            mc_timesteps="uniform",
+            mc_timesteps="schedule",
             batch_size=cfg.eval_batch_size,
             seed=EVAL_SEED,
             progress=self.progress and self.ctx.is_main,
@@ -222,8 +230,9 @@ class Trainer:
             "baseline_bpd": report["baseline"]["bpd"],
             "eval_examples": len(held),
         }
-        if not full:
+        if not full:  # the Monte-Carlo error: how far the full bound of seed 0 may lie
             result["eval_bpd_stderr"] = bpd["bpd_mc_stderr"]
+            result["eval_bpd_interval"] = bpd["bpd_mc_interval"]
         return result
 
     # ---------------------------------------------------------------------------- samples
@@ -329,7 +338,7 @@ class Trainer:
         n_timed = 0
         train_time = 0.0
         trained = 0
-        last_eval: dict[str, float] = {}
+        last_eval: dict[str, Any] = {}
         sample_path = ckpt_path = None
         while state.step < target:
             t0 = time.perf_counter()
@@ -366,7 +375,7 @@ class Trainer:
                 self._write_metrics({"step": state.step, **last_eval})
                 if main:
                     (bar.write if self.progress else self._log)(
-                        f"step {state.step}: held-out {last_eval['eval_bpd']:.4f} bits/dim "
+                        f"step {state.step}: held-out {_bpd(last_eval)} bits/dim "
                         f"(per-pixel baseline {last_eval['baseline_bpd']:.4f})"
                     )
             if self._due(cfg.sample_every, final):
