@@ -81,3 +81,35 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) $(DIST_VENV) build dist *.egg-info .pytest_cache .hypothesis
+
+# -- the JavaScript examples: examples/node, examples/web (docs/web.md) ---------------------------
+CHROMIUM ?= /usr/bin/chromium
+WEB_DIR ?= build/web
+WEB_PORT ?= 8000
+JS_DEPS := examples/node/node_modules/.package-lock.json examples/web/node_modules/.package-lock.json
+
+.PHONY: test-js web
+
+# npm ci from the committed lock files; onnxruntime-node's install step would otherwise fetch
+# CUDA binaries from outside the npm registry (the CPU build ships in the package)
+examples/%/node_modules/.package-lock.json: examples/%/package.json examples/%/package-lock.json
+	cd examples/$* && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund
+	touch $@
+
+$(CHROMIUM):
+	@echo "$(CHROMIUM) is missing: installing Debian's chromium for the browser test"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# the Node.js and headless-Chromium tests against refdiff sample; a missing tool fails, never skips
+test-js: $(STAMP) $(JS_DEPS) $(CHROMIUM)
+	REFDIFF_REQUIRE_JS=1 REFDIFF_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests/test_examples_js.py -q
+
+runs/demo/generator.onnx: | $(STAMP)
+	test -f runs/demo/model.onnx || $(MAKE) demo
+	test -f $@ || $(VENV)/bin/refdiff export runs/demo/model.onnx --out $@ \
+		--sampler "$$($(PY) -c 'from refdiff.samplers import DEFAULT_SAMPLER; print(DEFAULT_SAMPLER)')"
+
+# the page around the demo's generator, served on http://127.0.0.1:$(WEB_PORT)/ until Ctrl-C
+web: $(STAMP) examples/web/node_modules/.package-lock.json runs/demo/generator.onnx
+	node examples/web/build.mjs runs/demo/generator.onnx --out $(WEB_DIR)
+	node examples/web/serve.mjs $(WEB_DIR) --port $(WEB_PORT)

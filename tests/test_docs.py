@@ -28,6 +28,8 @@ How a block runs, by its tag:
   (nothing is installed); ``python benchmarks/X.py`` and ``python -m pytest tests/X.py`` find their
   files (benchmarks take minutes; the tests run in ``make test`` anyway), ``python -c CODE``
   and ``python -m refdiff...`` run; ``grep`` runs in the repository. Any other command fails until it has a rule here.
+- ``js``: syntax-checked as an ES module by ``node --check`` (where Node.js is installed; the
+  JavaScript examples themselves run in tests/test_examples_js.py).
 - ``json``: parsed (and read as refdiff ONNX metadata where it looks like it); ``toml``: parsed,
   written to the file its first comment names (``# my_run.toml ...``) and resolved as a training
   configuration; ``text``: output, not run. A block without a tag fails: tag it. MyST
@@ -421,10 +423,17 @@ def run_block(block: Block, namespace: dict, capsys) -> None:
 
             resolve_config(name.group(1))
         assert isinstance(data, dict)
+    elif block.lang == "js":
+        node = shutil.which("node")
+        if node is not None:
+            path = Path(f"snippet-{block.line}.mjs")
+            path.write_text(block.text, encoding="utf-8")
+            proc = subprocess.run([node, "--check", str(path)], capture_output=True, text=True)
+            assert proc.returncode == 0, f"{where}: not valid JavaScript\n{proc.stderr}"
     elif block.lang != "text":
         pytest.fail(
             f"{where}: a code block without a known tag ({block.lang!r}); tag it bash, "
-            "python, json, toml or text"
+            "python, js, json, toml or text"
         )
 
 
