@@ -255,7 +255,7 @@ def sample_array(
     n = check_int(n, "the number of samples n", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     start, stop = shard_range(n, parse_shard(shard))
-    xp = getattr(denoiser, "xp", None)
+    xp: Any = getattr(denoiser, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
     chunks = [(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
