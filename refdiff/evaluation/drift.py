@@ -234,7 +234,7 @@ def _sample_pair(
     batch_size: int,
 ) -> tuple[list[StepDrift], np.ndarray, np.ndarray]:
     """Both trajectories, chunk by chunk; per-step statistics and the final samples."""
-    xp = getattr(reference, "xp", None)
+    xp: Any = getattr(reference, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
     stats: dict[str, Any] = {
@@ -292,12 +292,22 @@ def _bpd_pair(
 ) -> dict[str, Any]:
     from .likelihood import bound_parts
 
-    kw = {"full": True, "num_draws": 0, "batch_size": batch_size, "seed": seed, "progress": False}
+    kw: dict[str, Any] = {
+        "full": True,
+        "num_draws": 0,
+        "batch_size": batch_size,
+        "seed": seed,
+        "progress": False,
+    }
     a = bound_parts(reference, diffusion, images, **kw)
     b = bound_parts(variant, diffusion, images, **kw)
+    a_terms, b_terms = a.terms_sum, b.terms_sum
+    # the full pass (full=True) makes the totals and terms
+    assert a.total is not None and b.total is not None
+    assert a_terms is not None and b_terms is not None
     diff = b.total - a.total
     n = diff.shape[0]
-    terms = (b.terms_sum - a.terms_sum) / n
+    terms = (b_terms - a_terms) / n
     worst = np.argsort(-np.abs(terms))[:5]
     return {
         "images": int(n),
@@ -418,7 +428,7 @@ def measure_drift(
         notes.append("no held-out images: no bits/dim difference")
     if digits is None:
         digits = tuple(diffusion.image_shape) == (1, 8, 8) and heldout is not None
-    if digits and u_ref is not None:
+    if digits and u_ref is not None and u_var is not None:  # both or neither
         if heldout is None or train is None:
             raise ValueError("the digits Fréchet distance needs heldout= and train= images")
         say("Fréchet distances in the digits classifier's features ...")

@@ -218,7 +218,7 @@ def read_partial(path: str | os.PathLike[str]) -> Partial:
             if "bound_meta" in keys:
                 meta = json.loads(str(npz["bound_meta"]))
                 names = {f.name: f for f in dataclasses.fields(BoundParts)}
-                kwargs = {
+                kwargs: dict[str, Any] = {
                     k2: tuple(v) if isinstance(v, list) else v
                     for k2, v in meta.items()
                     if k2 in names
