@@ -410,6 +410,7 @@ def run_plan(
     Parameters
     ----------
     plan : Plan
+        The sampler's tables (:meth:`refdiff.Diffusion.plan`, ``SAMPLERS[name].plan``).
     denoiser : callable
         ``denoiser(x, t) -> model_output``: x [B, C, ...] of the run's namespace and dtype, t int64
         [B] training indices; the output [B, C or 2C, ...] of x's type and dtype.
@@ -421,6 +422,16 @@ def run_plan(
     fused : bool, optional
         Run each step as one CUDA kernel (:func:`refdiff.fused.plan_step_cuda`; CuPy, float32,
         the built-in noise). Default: whenever those hold. The result equals the generic path.
+
+    Returns
+    -------
+    array [B, C, ...]
+        The samples, in x_T's (or ``xp``'s) namespace, dtype and device.
+
+    Raises
+    ------
+    FloatingPointError
+        When the samples turn NaN or infinite; the message names the first such step.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a refdiff Plan, got {type(plan).__name__}")

@@ -71,7 +71,37 @@ class LayerDrift:
 
 @dataclass(frozen=True)
 class DriftReport:
-    """What :func:`measure_drift` measured; :meth:`table` prints it, :meth:`to_dict` saves it."""
+    """What :func:`measure_drift` measured; :meth:`table` prints it, :meth:`to_dict` saves it.
+
+    Attributes
+    ----------
+    reference, variant : str
+        The two models' names (``reference_name``, ``variant_name``).
+    sampler : str
+        The sampler both were run with.
+    num_steps, num_samples, seed : int
+        Its steps, the samples drawn and their noise seed.
+    steps : tuple of StepDrift
+        Per sampler step: the denoiser's relative error on the reference's inputs and the
+        trajectories' RMS divergence.
+    image_rms, image_max_abs : float
+        The final samples' difference (variant - reference), in data-range units.
+    pixels_changed : float
+        The fraction of 8-bit values that differ (NaN when the variant diverged).
+    bpd : dict or None
+        The bits/dim of both on the held-out images and their difference (``images``,
+        ``reference``, ``variant``, ``difference``, ``stderr``, ``terms_difference``,
+        ``worst_terms``); None without held-out images.
+    fd : dict or None
+        The Fréchet distances in the digits classifier's features (``reference``, ``variant``,
+        ``relative_change``, ``between``, ...); None when not measured.
+    fd_tolerance, bpd_tolerance : float
+        The pass criteria the failures were judged by.
+    layers : tuple of LayerDrift
+        Per-layer errors (:func:`layer_drift`), when given.
+    notes, failures : tuple of str
+        What was not measured and why; which criteria failed (none: :attr:`ok`).
+    """
 
     reference: str
     variant: str
@@ -382,8 +412,16 @@ def measure_drift(
         The pass criteria: ``|FD change| / FD_ref`` and ``|bits/dim difference|``.
     layers : sequence of LayerDrift
         Per-layer errors from :func:`layer_drift`, to be reported with the rest.
+    reference_name, variant_name : str
+        The names the report gives the two models.
     progress : callable, optional
         Called with a line of text before each stage.
+
+    Returns
+    -------
+    DriftReport
+        Per-step drift, the final images' difference, the bits/dim and Fréchet distance
+        comparisons where measured, and the failed criteria (``report.ok`` when none).
     """
     say = progress or (lambda _line: None)
     diffusion = _check_pair(reference, variant)
