@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[all,test,diffusers,docs,release]"
+	$(PY) -m pip install -q -e ".[all,test,lint,diffusers,docs,release]"
 	touch $@
 
 install: $(STAMP)
@@ -56,6 +56,7 @@ test-floors:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check refdiff export tests benchmarks .ci docs
+	$(VENV)/bin/mypy
 
 # The reference site: docs/*.md and the API reference from the docstrings, warnings as errors
 # (docs/conf.py; docs/_ext/refdiff_apidoc.py writes the API pages and checks the public docstrings).

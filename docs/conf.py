@@ -40,40 +40,6 @@ refdiff_apidoc.write_api_pages(HERE / "api", HERE / "cli.md")
 # as a Python warning, which sphinx-build -W does not count: make it an error.
 warnings.filterwarnings("error", category=UserWarning, module="numpydoc")
 
-# Public names whose docstrings still lack Parameters or Returns sections (the sampler modules and
-# runtime/sampling.py, written while this check was being built): the check skips them, and
-# fails when a name here is no longer public or its docstring now passes, so the list only
-# shrinks. Document one, then remove it here.
-refdiff_api_pending = [
-    "refdiff.Option",
-    "refdiff.SamplerChoice",
-    "refdiff.ddim_sample",
-    "refdiff.dpmpp_2m_sample",
-    "refdiff.dpmpp_2m_sde_sample",
-    "refdiff.dpmpp_3m_sample",
-    "refdiff.euler_sample",
-    "refdiff.get_sampler",
-    "refdiff.heun_sample",
-    "refdiff.network_calls",
-    "refdiff.run_plan",
-    "refdiff.sample",
-    "refdiff.runtime.Denoiser",
-    "refdiff.runtime.check_output_path",
-    "refdiff.runtime.parse_shard",
-    "refdiff.runtime.sample_array",
-    "refdiff.runtime.save_samples",
-    "refdiff.runtime.shard_range",
-    "refdiff.runtime.to_uint8",
-    "refdiff.evaluation.DriftReport",
-    "refdiff.evaluation.ImageScores",
-    "refdiff.evaluation.measure_drift",
-    "refdiff.evaluation.merge_partials",
-    "refdiff.evaluation.read_partial",
-    "refdiff.evaluation.save_partial",
-    "refdiff.evaluation.score_images",
-    "refdiff.export.ParityReport",
-]
-
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_ext"]

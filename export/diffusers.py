@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -84,7 +84,9 @@ class DiffusersDenoiser(nn.Module):
         super().__init__()
         if not isinstance(unet, nn.Module) or not hasattr(unet, "config"):
             raise TypeError(f"unet must be a diffusers UNet2DModel, got {type(unet).__name__}")
-        cfg = {**dict(unet.config), "_class_name": type(unet).__name__}
+        # a diffusers FrozenDict (torch types an nn.Module's attributes as tensors or modules)
+        unet_config = cast(Mapping[str, Any], unet.config)
+        cfg = {**dict(unet_config), "_class_name": type(unet).__name__}
         self.image_shape = unet_image_shape(cfg, f"the {type(unet).__name__} given")
         self.unet = unet
         self.variance_is_sigma2 = bool(variance_is_sigma2)
@@ -92,7 +94,7 @@ class DiffusersDenoiser(nn.Module):
             {
                 "library": "diffusers",
                 "class_name": type(unet).__name__,
-                "config": _jsonable_config(unet.config),
+                "config": _jsonable_config(unet_config),
                 "variance_channels": "log of the UNet's sigma^2"
                 if self.variance_is_sigma2
                 else "as the UNet outputs them",
@@ -150,12 +152,13 @@ def wrap_unet(
     (DiffusersDenoiser, Diffusion)
         The denoiser module and its settings.
     """
+    unet_config: Mapping[str, Any] = getattr(unet, "config", {})
     shape = unet_image_shape(
-        {**dict(getattr(unet, "config", {})), "_class_name": type(unet).__name__},
+        {**dict(unet_config), "_class_name": type(unet).__name__},
         f"the {type(unet).__name__} given",
     )
     settings = read_scheduler_config(
-        scheduler_config, image_shape=shape, out_channels=unet.config.get("out_channels", 3)
+        scheduler_config, image_shape=shape, out_channels=unet_config.get("out_channels", 3)
     )
     _warn(settings, warn)
     return _wrap(unet, settings), settings.diffusion

@@ -283,6 +283,7 @@ def export_onnx(
                 optimize=True,
                 verbose=False,
             )
+    assert program is not None  # the dynamo exporter returns its program
     proto = program.model_proto
     _rename_batch_dim(proto)
     _strip_debug_info(proto)

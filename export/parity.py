@@ -92,6 +92,9 @@ class ParityReport:
         Every comparison made.
     failures : tuple of str
         One line per failure; empty when the file passes.
+    engine : str
+        What ran the file: ``"onnxruntime CPU"``, or ``"OpenVINO CPU, bf16"`` for a bfloat16
+        file.
     """
 
     path: str

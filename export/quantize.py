@@ -220,7 +220,7 @@ def _quantize_int8(
         quantize_static,
     )
 
-    class Reader(_Feeds, CalibrationDataReader):
+    class Reader(_Feeds, CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
         pass
 
     src, dst = folder / "float32.onnx", folder / "int8.onnx"

@@ -189,6 +189,7 @@ def p_mean_variance(
         log_var = var_out
         var = xp.exp(log_var)
     else:
+        assert var_out is not None  # a learned variance's channels (split_channels)
         min_log = gather(schedule.posterior_log_variance_clipped, t, x_t, xp=xp)
         max_log = gather(schedule.log_betas, t, x_t, xp=xp)
         frac = (var_out + 1.0) / 2.0

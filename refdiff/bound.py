@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+from array_api_compat import device
 
 from . import _formulas as f
-from ._array import Array, device, get_namespace, table_on
+from ._array import Array, get_namespace, table_on
 from ._enums import DEFAULT_CLIP_DENOISED, Decoder, Prediction, Variance
 from ._formulas import LN2
 from .losses import check_data_range, check_num_bins, prior_kl
@@ -34,9 +35,21 @@ __all__ = [
 ]
 
 Denoiser = Callable[[Array, Array], Array]
+#: The bound's settings: (prediction, variance, decoder, clip_denoised, data_range, num_bins)
+_Settings = tuple[Any, Any, Any, Any, Any, Any]
+_Checked = tuple[Prediction, Variance, Decoder, bool, tuple[float, float], int]
+_TermFunction = Callable[[Array, int], f.VBTerm]
 
 
-def _term_function(schedule, denoiser, x_start, idx, seed, xp, settings):
+def _term_function(
+    schedule: Any,
+    denoiser: Denoiser,
+    x_start: Array,
+    idx: Array,
+    seed: int,
+    xp: Any,
+    settings: _Checked,
+) -> _TermFunction:
     """``term(t, step)``: one term of the bound at timesteps t (checked), with x_t drawn from the
     counter-based noise at ``step``; shared by the full pass and the Monte-Carlo estimate.
     ``settings`` are the checked (prediction, variance, decoder, clip_denoised, data_range,
@@ -90,7 +103,14 @@ def _sample_indices(x: Array, sample_indices: Array | None, xp: Any) -> Array:
     return sample_indices
 
 
-def _prepare(schedule, denoiser, x, settings, seed, sample_indices):
+def _prepare(
+    schedule: Any,
+    denoiser: Denoiser,
+    x: Array,
+    settings: _Settings,
+    seed: int,
+    sample_indices: Array | None,
+) -> tuple[Any, Array, _TermFunction]:
     """Check the bound's inputs once; return xp, the sample indices and the term function."""
     prediction, variance, decoder, clip_denoised, data_range, num_bins = settings
     prediction = Prediction.parse(prediction)

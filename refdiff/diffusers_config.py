@@ -188,8 +188,8 @@ def _schedule(c: Mapping[str, Any]) -> Schedule:
             if ztsnr:
                 if T < 2:
                     raise ValueError("zero terminal SNR needs T >= 2")
-                values = list(rescale_zero_terminal_snr(values))
-            return Schedule(values, name="custom")
+                values = list(rescale_zero_terminal_snr(np.asarray(values)))
+            return Schedule(np.asarray(values), name="custom")
         name = c["beta_schedule"]
         _check_choice("beta_schedule", name, _BETA_SCHEDULES)
         lo, hi = float(c["beta_start"]), float(c["beta_end"])
@@ -337,7 +337,7 @@ def read_scheduler_config(
             schedule,
             prediction=_PREDICTIONS[c["prediction_type"]],
             variance=variance,
-            image_shape=tuple(image_shape),
+            image_shape=image_shape,  # Diffusion makes it a tuple of ints
             data_range=(-1.0, 1.0),
             clip_denoised=c["clip_sample"],
         )
@@ -532,6 +532,7 @@ def read_diffusers_folder(
         raise FileNotFoundError(f"diffusers folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} is not a folder (expected a diffusers pipeline folder)")
+    sched_path: Path | None
     if (root / "model_index.json").is_file():
         pipeline, unet_dir, sched_path = _pipeline_parts(root)
     else:
@@ -543,8 +544,9 @@ def read_diffusers_folder(
     source: Any = sched_path
     if scheduler_config is not None:
         source = scheduler_config
-        is_path = isinstance(scheduler_config, (str, os.PathLike))
-        sched_path = Path(scheduler_config) if is_path else None
+        sched_path = (
+            Path(scheduler_config) if isinstance(scheduler_config, (str, os.PathLike)) else None
+        )
     settings = read_scheduler_config(source, image_shape=shape, out_channels=out_c)
     T = settings.diffusion.num_timesteps
     if unet_config.get("time_embedding_type") == "learned":

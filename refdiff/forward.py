@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from array_api_compat import device
+
 from . import _formulas as f
-from ._array import Array, as_batch_timesteps, device, gather, get_namespace
+from ._array import Array, as_batch_timesteps, gather, get_namespace
 
 __all__ = [
     "GaussianMoments",

@@ -265,7 +265,12 @@ def plan_step_cuda(
     channels = 2 if plan.variance.learned else 1
     if Bo != B or Dout != channels * D:
         raise ValueError(f"the model output has shape {out.shape}, expected {channels} x {x.shape}")
-    hist = [_check_batch(h, "an x̂0 of the history") and h for h in history[:2]]
+    hist = history[:2]
+    for h in hist:
+        # the kernel reads each x̂0 with x's indexing: another shape would be read out of bounds
+        _check_batch(h, "an x̂0 of the history")
+        if h.shape != x.shape:
+            raise ValueError(f"an x̂0 of the history has shape {h.shape}, expected {x.shape}")
     idx = cupy.ascontiguousarray(cupy.asarray(sample_indices), dtype=cupy.int64)
     if idx.shape != (B,):
         raise ValueError(f"sample_indices must have shape [{B}], got {idx.shape}")

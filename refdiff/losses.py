@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from array_api_compat import device
+
 from . import _formulas as f
-from ._array import Array, as_batch_timesteps, device, gather, get_namespace, stop_gradient
+from ._array import Array, as_batch_timesteps, gather, get_namespace, stop_gradient
 from ._checks import check_int
 from ._enums import DEFAULT_CLIP_DENOISED, Decoder, LossType, Prediction, Variance
 from ._formulas import LN2, VBTerm

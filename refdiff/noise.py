@@ -48,7 +48,9 @@ def _mulhilo32(a: int, b: Array, xp: Any) -> tuple[Array, Array]:
     return high, low
 
 
-def philox4x32(counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: int = 10):
+def philox4x32(
+    counter: Sequence[Array], key: tuple[int, int], xp: Any, rounds: int = 10
+) -> tuple[Array, Array, Array, Array]:
     """Philox4x32 with ``rounds`` rounds on int64 arrays holding unsigned 32-bit values.
 
     ``counter`` is four broadcastable integer arrays (each in [0, 2**32)), ``key`` two ints.
@@ -79,7 +81,7 @@ def check_seed(seed: int) -> int:
 def uniform_open(
     seed: int,
     sample_indices: Array,
-    step: int | Array,
+    step: Array,  # one int, or an integer array [B] (Array is Any: int | Array could not narrow)
     per_sample: int,
     xp: Any,
     device: Any = None,

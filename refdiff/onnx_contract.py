@@ -137,7 +137,9 @@ class ModelMetadata:
         return self.dtype if self.precision is None else self.precision.name
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {} if self.precision is None else {"precision": self.precision.to_dict()}
+        extra: dict[str, Any] = {}
+        if self.precision is not None:
+            extra["precision"] = self.precision.to_dict()
         if self.weights is not None:
             extra["weights"] = self.weights
         return {
@@ -277,8 +279,8 @@ def check_graph(meta: ModelMetadata, inputs: Any, outputs: Any, *, source: str) 
             why = f"the graph outputs {out_c} channels, the metadata implies {d.out_channels}"
         raise MetadataError(f"{source}: inconsistent metadata: {why}")
     model = meta.model
-    for key, want in (("in_channels", c), ("image_size", h)):
-        if key in model and model[key] != want:
+    for key, size in (("in_channels", c), ("image_size", h)):
+        if key in model and model[key] != size:
             raise MetadataError(
                 f"{source}: metadata model.{key} = {model[key]!r} contradicts the diffusion "
                 f"image_shape {list(d.image_shape)}"

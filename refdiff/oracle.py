@@ -20,6 +20,7 @@ truth. All in float64 NumPy-compatible array-API code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,7 @@ class GaussianMixture:
         return math.sqrt(a1) * m + z * math.sqrt(a1 * s2 + 1.0 - a1)
 
     # -- the marginal q(x_t) ---------------------------------------------------------------
-    def _components(self, x: Array, acp: Array, xp: Any):
+    def _components(self, x: Array, acp: Array, xp: Any) -> tuple[Array, Array, Array]:
         """log responsibilities' numerators, centred x, v_k for x [B, D] and ᾱ [B, 1]."""
         mu = _on(self.means, x, xp)  # [K, D]
         s2 = _on(self.stds**2, x, xp)  # [K]
@@ -208,7 +209,9 @@ class GaussianMixture:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [n, {self.dim}], got {tuple(x.shape)}")
 
-    def _posterior(self, schedule: Any, x: Array, t: Array, xp: Any):
+    def _posterior(
+        self, schedule: Any, x: Array, t: Array, xp: Any
+    ) -> tuple[Array, Array, Array, Array, Array]:
         flat = xp.reshape(x, (x.shape[0], -1))
         if flat.shape[1] != self.dim:
             raise ValueError(
@@ -257,7 +260,7 @@ class GaussianMixture:
         schedule: Any,
         prediction: Prediction | str = Prediction.EPSILON,
         variance: Variance | str = Variance.FIXED_SMALL,
-    ):
+    ) -> Callable[[Array, Array], Array]:
         """A denoiser callable ``(x_t, t) -> model_output`` with the exact prediction.
 
         With ``variance='learned'`` it appends the exact reverse log-variance
@@ -336,5 +339,7 @@ def toy_mixture(name: str) -> GaussianMixture:
         means = 0.7 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         return GaussianMixture(np.full(8, 1 / 8), means, np.full(8, 0.05))
     if name == "bimodal1d":
-        return GaussianMixture([0.3, 0.7], [[-0.5], [0.5]], [0.15, 0.15])
+        return GaussianMixture(
+            np.array([0.3, 0.7]), np.array([[-0.5], [0.5]]), np.array([0.15, 0.15])
+        )
     raise ValueError(f"unknown toy mixture {name!r}; known: {list(TOY_MIXTURES)}")

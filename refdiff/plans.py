@@ -57,7 +57,8 @@ class StepGrid(NamedTuple):
     then the end of the run at σ = 0. The float arrays have N + 1 entries (the last: α = 1, σ = 0,
     λ = +∞)."""
 
-    index: np.ndarray  # int64 [N]: the schedule index of node k (T'-1, …, 0)
+    # int64 [N]: the schedule index of node k (T'-1, …, 0); the field hides tuple.index
+    index: np.ndarray  # type: ignore[assignment]
     model_t: np.ndarray  # int64 [N]: the training index the model is given at node k
     alpha: np.ndarray  # [N + 1] α_k = √ᾱ
     sigma: np.ndarray  # [N + 1] σ_k = √(1 - ᾱ)
@@ -269,11 +270,12 @@ class Plan:
             raise ValueError(f"the plan description lacks {missing}")
         kwargs = {k: d[k] for k in names}
         kwargs["clip"] = None if d["clip"] is None else tuple(d["clip"])
+        tables: dict[str, Any] = {k: np.asarray(d[k], dtype=np.float64) for k in _TABLES}
         return cls(
             **kwargs,
             d_coef=np.asarray(d["d_coef"], dtype=np.float64),
             learned_noise=bool(d.get("learned_noise", False)),
-            **{k: np.asarray(d[k], dtype=np.float64) for k in _TABLES},
+            **tables,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -349,11 +351,13 @@ def _generic_step(plan: Plan, run: SamplerRun) -> Step:
         if nc != 0:
             z = run.noise(int(plan.step_index[k]), tuple(x.shape))
             if plan.learned_noise:
+                assert var_out is not None  # a learned variance's channels (split_channels)
                 log_var = var_out
                 if plan.variance is Variance.LEARNED_RANGE:
+                    assert plan.log_var_min is not None and plan.log_var_max is not None
                     frac = (var_out + 1.0) / 2.0
-                    log_var = frac * float(plan.log_var_max[k]) + (1.0 - frac) * float(  # type: ignore[index]
-                        plan.log_var_min[k]  # type: ignore[index]
+                    log_var = frac * float(plan.log_var_max[k]) + (1.0 - frac) * float(
+                        plan.log_var_min[k]
                     )
                 x_new = x_new + xp.exp(0.5 * log_var) * z
             else:
@@ -406,6 +410,7 @@ def run_plan(
     Parameters
     ----------
     plan : Plan
+        The sampler's tables (:meth:`refdiff.Diffusion.plan`, ``SAMPLERS[name].plan``).
     denoiser : callable
         ``denoiser(x, t) -> model_output``: x [B, C, ...] of the run's namespace and dtype, t int64
         [B] training indices; the output [B, C or 2C, ...] of x's type and dtype.
@@ -417,12 +422,23 @@ def run_plan(
     fused : bool, optional
         Run each step as one CUDA kernel (:func:`refdiff.fused.plan_step_cuda`; CuPy, float32,
         the built-in noise). Default: whenever those hold. The result equals the generic path.
+
+    Returns
+    -------
+    array [B, C, ...]
+        The samples, in x_T's (or ``xp``'s) namespace, dtype and device.
+
+    Raises
+    ------
+    FloatingPointError
+        When the samples turn NaN or infinite; the message names the first such step.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a refdiff Plan, got {type(plan).__name__}")
     run = SamplerRun(plan.steps, shape, xp, dtype, device, seed, sample_indices, noise, x_T)
     step = _step_function(plan, run, seed, noise, fused)
-    x, history = run.x, []
+    x = run.x
+    history: list[Array] = []
     for k in range(plan.steps):
         t = int(plan.step_index[k])
         out = check_denoiser_output(denoiser(x, run.full(int(plan.model_t[k]))), x, plan.variance)

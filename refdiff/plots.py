@@ -352,7 +352,7 @@ def plot_quality_vs_calls(
         )
         ax_conf.plot(calls, [r["confidence"] for r in runs], "o-", lw=1.5, ms=4, label=label)
     ref = [r for r in rows if reference and (r["sampler"], r["calls"]) == tuple(reference)]
-    if ref:
+    if ref and reference is not None:  # ref is empty without a reference
         fd = float(ref[0]["fd"])
         ax_fd.axhline(fd, color="0.3", ls="--", lw=1)
         ax_fd.axhspan(fd, (1 + tolerance) * fd, color="0.85", zorder=0)
@@ -408,7 +408,9 @@ def plot_drift(
     path : str or PathLike
         A ``.png`` file.
     """
-    pairs = [("variant", reports)] if hasattr(reports, "steps") else list(reports)
+    pairs: list[tuple[str, Any]] = (
+        [("variant", reports)] if hasattr(reports, "steps") else list(reports)
+    )
     if not pairs or not all(len(r.steps) for _, r in pairs):
         raise ValueError("no drift rows to plot")
     with_bpd = any(r.bpd is not None for _, r in pairs)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from array_api_compat import device
+
 from . import _formulas as f
-from ._array import Array, as_batch_timesteps, device, get_namespace, max_timestep
+from ._array import Array, as_batch_timesteps, get_namespace, max_timestep
 from ._enums import DEFAULT_CLIP_DENOISED, Prediction, Variance
 from ._formulas import PMeanVariance
 

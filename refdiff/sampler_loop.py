@@ -128,7 +128,9 @@ class FiniteWatch:
         return x
 
 
-def _follow(x_T: Array, shape, xp, dtype, device):
+def _follow(
+    x_T: Array, shape: tuple[int, ...], xp: Any, dtype: Any, device: Any
+) -> tuple[Any, Any, Any]:
     """The namespace, dtype and device of a given x_T (a conflicting explicit one is an error)."""
     from array_api_compat import device as device_of
 

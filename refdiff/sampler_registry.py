@@ -28,8 +28,21 @@ __all__ = ["Option", "SamplerChoice", "SamplerSpec"]
 
 @dataclass(frozen=True)
 class Option:
-    """One option a sampler takes: its name, type (``float``, ``int`` or ``bool``), default,
-    inclusive range and a line of help."""
+    """One option a sampler takes beyond the settings every sampler shares.
+
+    Parameters
+    ----------
+    name : str
+        The keyword the sampler function takes (``eta``).
+    kind : type
+        ``float``, ``int`` or ``bool``.
+    default : float, int or bool
+        The value when none is given; checked like a given one.
+    help : str
+        One line for help pages (``refdiff sample --help``).
+    minimum, maximum : float, optional
+        The inclusive range of a number.
+    """
 
     name: str
     kind: type
@@ -172,9 +185,22 @@ class SamplerSpec:
 
 @dataclass(frozen=True, eq=False)
 class SamplerChoice:
-    """A sampler chosen for one model: ``spec``, ``steps`` (1 … T), ``spacing`` and the checked
-    ``options`` (every option of the sampler, defaults filled in). Made by
-    :meth:`refdiff.Diffusion.choose_sampler`, which checks everything once."""
+    """A sampler chosen for one model, made by :meth:`refdiff.Diffusion.choose_sampler`, which
+    checks everything once.
+
+    Parameters
+    ----------
+    spec : SamplerSpec
+        The sampler's registry entry.
+    steps : int
+        The sampling steps, 1 … T.
+    spacing : Spacing
+        How the steps are spread over the model's T (:func:`refdiff.select_timesteps`).
+    options : mapping
+        Every option of the sampler, checked, defaults filled in (held read-only).
+    zero_terminal_snr : bool
+        Whether the model's schedule ends at ᾱ = 0 (it changes Heun's network calls).
+    """
 
     spec: SamplerSpec
     steps: int

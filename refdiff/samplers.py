@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._array import Array
 from ._checks import check_bool
+from ._docstrings import parameters_from
 from ._enums import DEFAULT_CLIP_DENOISED, Prediction, Spacing, Variance
 from .losses import check_data_range
 from .plans import run_plan
@@ -217,6 +218,7 @@ def ddpm_sample(
     return _run("ddpm", schedule, denoiser, shape, {}, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def ddim_sample(
     schedule: Any,
@@ -231,11 +233,17 @@ def ddim_sample(
     x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - σ_t²) ε̂ + σ_t z, with
     σ_t = η √((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_{t-1}). η = 0 is deterministic (and equal
     to :func:`euler_sample`), η = 1 matches DDPM's fixed-small variance. A learned variance's
-    channels are ignored. Parameters and returns: as :func:`ddpm_sample`.
+    channels are ignored. The other parameters and the returns are :func:`ddpm_sample`'s.
+
+    Parameters
+    ----------
+    eta : float
+        η >= 0: 0 is deterministic, 1 DDPM's noise (``fixed_small``); default 0.
     """
     return _run("ddim", schedule, denoiser, shape, {"eta": eta}, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def euler_sample(
     schedule: Any,
@@ -247,11 +255,13 @@ def euler_sample(
     second-order correction): x̃_{k+1} = x̃_k + (σ̃_{k+1} - σ̃_k) ε̂_k in x̃ = x/α, σ̃ = σ/α.
 
     First order; one network call per step. Equal to DDIM with η = 0 on the same schedule. A
-    learned variance's channels are ignored. Parameters and returns: as :func:`ddpm_sample`.
+    learned variance's channels are ignored. The parameters and the returns are
+    :func:`ddpm_sample`'s.
     """
     return _run("euler", schedule, denoiser, shape, {}, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def heun_sample(
     schedule: Any,
@@ -265,11 +275,12 @@ def heun_sample(
 
     Second order; 2N - 1 network calls for N steps (2N - 2 with zero terminal SNR, whose first
     step is an Euler step: the trapezoid has no finite limit from σ̃ = ∞). Not a plan (the second
-    evaluation), so never fused. Parameters and returns: as :func:`ddpm_sample`.
+    evaluation), so never fused. The parameters and the returns are :func:`ddpm_sample`'s.
     """
     return _run("heun", schedule, denoiser, shape, {}, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def dpmpp_2m_sample(
     schedule: Any,
@@ -284,11 +295,13 @@ def dpmpp_2m_sample(
     x_{k+1} = (σ_{k+1}/σ_k) x_k + α_{k+1} (1 - e^{-h}) ((1 + 1/(2r)) D_k - D_{k-1}/(2r)),
     r = h_{k-1}/h_k. The first step and the step into σ = 0 are first order, as in diffusers'
     ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``),
-    which it equals on the same timesteps. Parameters and returns: as :func:`ddpm_sample`.
+    which it equals on the same timesteps. The parameters and the returns are
+    :func:`ddpm_sample`'s.
     """
     return _run("dpmpp_2m", schedule, denoiser, shape, {}, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def dpmpp_3m_sample(
     schedule: Any,
@@ -306,12 +319,18 @@ def dpmpp_3m_sample(
     formula halves the weight of the second difference (docs/samplers.md). Warm-up steps are first
     and second order; with ``lower_order_final`` (Lu et al., diffusers' default) and fewer than
     15 steps, the step before the last is at most second order. One network call per step.
-    Parameters and returns: as :func:`ddpm_sample`.
+    The other parameters and the returns are :func:`ddpm_sample`'s.
+
+    Parameters
+    ----------
+    lower_order_final : bool
+        Below 15 steps, keep the step before the last at second order (default True).
     """
     options = {"lower_order_final": lower_order_final}
     return _run("dpmpp_3m", schedule, denoiser, shape, options, settings)
 
 
+@parameters_from(ddpm_sample)
 @_with_settings
 def dpmpp_2m_sde_sample(
     schedule: Any,
@@ -328,7 +347,12 @@ def dpmpp_2m_sde_sample(
 
     Stochastic: z is the counter-based noise of step k (a sample depends only on (seed, index)).
     At first order with η = 1 it is exactly ancestral DDPM sampling with the posterior variance
-    β̃. Parameters and returns: as :func:`ddpm_sample`.
+    β̃. The other parameters and the returns are :func:`ddpm_sample`'s.
+
+    Parameters
+    ----------
+    eta : float
+        η >= 0: 1 is the SDE, 0 DPM-Solver++(2M) (no noise); default 1.
     """
     return _run("dpmpp_2m_sde", schedule, denoiser, shape, {"eta": eta}, settings)
 
@@ -442,8 +466,23 @@ DEFAULT_SAMPLER = "dpmpp_2m_sde"
 
 
 def get_sampler(sampler: str | SamplerSpec) -> SamplerSpec:
-    """The registry entry of ``sampler`` (a name, or an entry, returned as it is); an unknown
-    name is a ``ValueError`` listing the known ones."""
+    """The registry entry of ``sampler``.
+
+    Parameters
+    ----------
+    sampler : str or SamplerSpec
+        A name in :data:`SAMPLERS`, or an entry (returned as it is).
+
+    Returns
+    -------
+    SamplerSpec
+        The entry.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the known ones.
+    """
     if isinstance(sampler, SamplerSpec):
         return sampler
     spec = SAMPLERS.get(sampler) if isinstance(sampler, str) else None
@@ -459,8 +498,23 @@ def sample(
     shape: tuple[int, ...],
     **kwargs: Any,
 ) -> Array:
-    """Run the sampler ``sampler`` (a name in :data:`SAMPLERS`, or its entry) with its options
-    and the shared settings (:func:`ddpm_sample` documents them)."""
+    """Run the sampler ``sampler`` with its options and the settings every sampler shares.
+
+    Parameters
+    ----------
+    sampler : str or SamplerSpec
+        A name in :data:`SAMPLERS`, or its entry.
+    schedule, denoiser, shape
+        As for :func:`ddpm_sample`.
+    **kwargs
+        The sampler's options (``SAMPLERS[name].options``: ``eta`` for ``ddim``, ...) and the
+        shared settings (``seed``, ``xp``, ``prediction``, ...: :func:`ddpm_sample`).
+
+    Returns
+    -------
+    array [B, C, ...]
+        The samples (:func:`ddpm_sample`).
+    """
     return get_sampler(sampler).function(schedule, denoiser, shape, **kwargs)
 
 
@@ -472,6 +526,21 @@ def recommended_spacing(sampler: str | SamplerSpec) -> Spacing:
 def network_calls(
     sampler: str | SamplerSpec, steps: int, *, zero_terminal_snr: bool = False
 ) -> int:
-    """How many times ``sampler`` calls the model in ``steps`` steps: ``steps`` for every sampler
-    but Heun, which takes 2·steps - 1 (2·steps - 2 with zero terminal SNR)."""
+    """How many times ``sampler`` calls the model in ``steps`` steps.
+
+    Parameters
+    ----------
+    sampler : str or SamplerSpec
+        A name in :data:`SAMPLERS`, or its entry.
+    steps : int
+        The sampling steps, >= 1.
+    zero_terminal_snr : bool
+        Whether the schedule ends at ᾱ = 0 (Heun's first step is then a single call).
+
+    Returns
+    -------
+    int
+        ``steps`` for every sampler but Heun, which takes 2·steps - 1 (2·steps - 2 with zero
+        terminal SNR).
+    """
     return get_sampler(sampler).network_calls(steps, zero_terminal_snr=zero_terminal_snr)

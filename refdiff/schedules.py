@@ -173,6 +173,7 @@ class Schedule:
 
     @property
     def is_respaced(self) -> bool:
+        assert self.timestep_map is not None  # __post_init__ sets it
         return not np.array_equal(self.timestep_map, np.arange(self.num_timesteps))
 
     def respace(self, timesteps: Sequence[int] | np.ndarray) -> Schedule:
@@ -196,6 +197,7 @@ class Schedule:
             raise ValueError(f"respaced timestep {bad} is out of range [0, {T - 1}]")
         if np.any(np.diff(k) <= 0):
             raise ValueError("respaced timesteps must be strictly increasing (sorted, no repeats)")
+        assert self.timestep_map is not None  # __post_init__ sets it
         acp = self.alphas_cumprod[k]
         prev = np.append(1.0, acp[:-1])
         alphas = acp / prev  # exact ratios: 1 - (1 - r) would lose r's precision when r is small

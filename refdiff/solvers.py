@@ -96,7 +96,7 @@ def _make_plan(
         options=options,
         prediction=prediction,
         variance=settings["variance"],
-        clip=clip,  # type: ignore[arg-type]
+        clip=clip,
         step_index=grid.index,
         model_t=grid.model_t,
         pred_x=pred_x,

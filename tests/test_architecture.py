@@ -17,7 +17,7 @@ EXPORT = ROOT / "export"
 #: or below; ``data`` stands apart (it may import only the optional-dependency and argument-check
 #: helpers).
 FLOORS: list[tuple[str, ...]] = [
-    ("_version", "_enums", "_deps", "_io", "_checks"),
+    ("_version", "_enums", "_deps", "_io", "_checks", "_docstrings"),
     ("_array", "schedules", "noise", "data"),
     ("_formulas", "forward"),
     ("reverse", "losses"),

@@ -144,6 +144,22 @@ def test_fused_plans_equal_the_generic_path_on_gpu(name, prediction, variance, c
     np.testing.assert_allclose(fused.get(), generic.get(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_fused_step_refuses_a_history_of_another_shape():
+    """The kernel reads the earlier x̂0 with x's indexing, so one of another shape is an error
+    (it was only checked for dtype and layout, and read out of bounds)."""
+    import cupy
+
+    from refdiff.fused import plan_step_cuda
+
+    d = rd.Diffusion(rd.get_schedule("linear", 100), image_shape=(3, 2, 2))
+    plan = d.plan("dpmpp_2m", steps=5)
+    x = cupy.zeros((4, 3, 2, 2), dtype=cupy.float32)
+    fewer = cupy.zeros((2, 3, 2, 2), dtype=cupy.float32)
+    with pytest.raises(ValueError, match=r"history has shape \(2, 3, 2, 2\)"):
+        plan_step_cuda(plan, 1, x, x.copy(), [fewer], seed=0, sample_indices=cupy.arange(4))
+
+
 def test_cuda_source_compiles_for_the_gpu(tmp_path):
     """The device branch of the source (the one no host test runs) compiles with nvcc, with the
     options CuPy is given: syntax and types are checked even without a GPU."""

@@ -136,9 +136,10 @@ def _prepare_out(out: Path) -> None:
 
 class _Stages:
     def __init__(self, total: int):
-        self.total, self.i, self.times = total, 0, {}
+        self.total, self.i = total, 0
+        self.times: dict[str, float] = {}
 
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> _Timer:
         self.i += 1
         print(f"\n[{self.i}/{self.total}] {name}", flush=True)
         return _Timer(self, name)
@@ -148,10 +149,10 @@ class _Timer:
     def __init__(self, stages: _Stages, name: str):
         self.stages, self.name = stages, name
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.t0 = time.perf_counter()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         dt = time.perf_counter() - self.t0
         self.stages.times[self.name] = round(dt, 2)
         if exc[0] is None:

@@ -288,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, suffix=".json", what="--out report")
     if args.plot_terms is not None:
         check_output_file(args.plot_terms, suffix=".png", what="--plot-terms plot")
+    report: dict[str, Any] | None
     if args.merge is not None:
         report = merged_report(args)
     else:

@@ -103,7 +103,7 @@ class ImageDataset:
 def check_split(split: object) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return split  # type: ignore[return-value]
+    return split
 
 
 def check_nonneg_int(value: object, what: str) -> int:

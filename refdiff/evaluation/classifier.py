@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -116,7 +117,7 @@ class DigitsClassifier:
         return float(np.mean(self.predict(images_uint8) == np.asarray(labels)))
 
 
-def _one_blas_thread():
+def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
     """Run BLAS on one thread: these matrices are tiny, and threads only add overhead (7x on a
     busy 2-core machine) and a chance of thread-count-dependent rounding."""
     try:
@@ -126,7 +127,9 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _unpack(theta: np.ndarray, d: int, h: int, k: int):
+def _unpack(
+    theta: np.ndarray, d: int, h: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     i = 0
     w1 = theta[i : i + d * h].reshape(d, h)
     i += d * h
@@ -169,6 +172,7 @@ def train_digits_classifier(
     from ..data import load_digits  # scikit-learn's loader is slow to import; only here
 
     train, test = load_digits("train"), load_digits("test")
+    assert train.labels is not None and test.labels is not None  # the digits are labelled
     x = _inputs(train.images)
     y = np.asarray(train.labels, dtype=np.int64)
     n, d = x.shape

@@ -71,7 +71,37 @@ class LayerDrift:
 
 @dataclass(frozen=True)
 class DriftReport:
-    """What :func:`measure_drift` measured; :meth:`table` prints it, :meth:`to_dict` saves it."""
+    """What :func:`measure_drift` measured; :meth:`table` prints it, :meth:`to_dict` saves it.
+
+    Attributes
+    ----------
+    reference, variant : str
+        The two models' names (``reference_name``, ``variant_name``).
+    sampler : str
+        The sampler both were run with.
+    num_steps, num_samples, seed : int
+        Its steps, the samples drawn and their noise seed.
+    steps : tuple of StepDrift
+        Per sampler step: the denoiser's relative error on the reference's inputs and the
+        trajectories' RMS divergence.
+    image_rms, image_max_abs : float
+        The final samples' difference (variant - reference), in data-range units.
+    pixels_changed : float
+        The fraction of 8-bit values that differ (NaN when the variant diverged).
+    bpd : dict or None
+        The bits/dim of both on the held-out images and their difference (``images``,
+        ``reference``, ``variant``, ``difference``, ``stderr``, ``terms_difference``,
+        ``worst_terms``); None without held-out images.
+    fd : dict or None
+        The Fréchet distances in the digits classifier's features (``reference``, ``variant``,
+        ``relative_change``, ``between``, ...); None when not measured.
+    fd_tolerance, bpd_tolerance : float
+        The pass criteria the failures were judged by.
+    layers : tuple of LayerDrift
+        Per-layer errors (:func:`layer_drift`), when given.
+    notes, failures : tuple of str
+        What was not measured and why; which criteria failed (none: :attr:`ok`).
+    """
 
     reference: str
     variant: str
@@ -234,7 +264,7 @@ def _sample_pair(
     batch_size: int,
 ) -> tuple[list[StepDrift], np.ndarray, np.ndarray]:
     """Both trajectories, chunk by chunk; per-step statistics and the final samples."""
-    xp = getattr(reference, "xp", None)
+    xp: Any = getattr(reference, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
     stats: dict[str, Any] = {
@@ -292,12 +322,22 @@ def _bpd_pair(
 ) -> dict[str, Any]:
     from .likelihood import bound_parts
 
-    kw = {"full": True, "num_draws": 0, "batch_size": batch_size, "seed": seed, "progress": False}
+    kw: dict[str, Any] = {
+        "full": True,
+        "num_draws": 0,
+        "batch_size": batch_size,
+        "seed": seed,
+        "progress": False,
+    }
     a = bound_parts(reference, diffusion, images, **kw)
     b = bound_parts(variant, diffusion, images, **kw)
+    a_terms, b_terms = a.terms_sum, b.terms_sum
+    # the full pass (full=True) makes the totals and terms
+    assert a.total is not None and b.total is not None
+    assert a_terms is not None and b_terms is not None
     diff = b.total - a.total
     n = diff.shape[0]
-    terms = (b.terms_sum - a.terms_sum) / n
+    terms = (b_terms - a_terms) / n
     worst = np.argsort(-np.abs(terms))[:5]
     return {
         "images": int(n),
@@ -372,8 +412,16 @@ def measure_drift(
         The pass criteria: ``|FD change| / FD_ref`` and ``|bits/dim difference|``.
     layers : sequence of LayerDrift
         Per-layer errors from :func:`layer_drift`, to be reported with the rest.
+    reference_name, variant_name : str
+        The names the report gives the two models.
     progress : callable, optional
         Called with a line of text before each stage.
+
+    Returns
+    -------
+    DriftReport
+        Per-step drift, the final images' difference, the bits/dim and Fréchet distance
+        comparisons where measured, and the failed criteria (``report.ok`` when none).
     """
     say = progress or (lambda _line: None)
     diffusion = _check_pair(reference, variant)
@@ -418,7 +466,7 @@ def measure_drift(
         notes.append("no held-out images: no bits/dim difference")
     if digits is None:
         digits = tuple(diffusion.image_shape) == (1, 8, 8) and heldout is not None
-    if digits and u_ref is not None:
+    if digits and u_ref is not None and u_var is not None:  # both or neither
         if heldout is None or train is None:
             raise ValueError("the digits Fréchet distance needs heldout= and train= images")
         say("Fréchet distances in the digits classifier's features ...")

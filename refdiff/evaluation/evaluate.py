@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._docstrings import parameters_from
 from ..baseline import IndependentPixelModel
 from ..bound import mc_plan
 from ..data import check_uint8_images
@@ -35,95 +36,6 @@ __all__ = ["PILOT_IMAGES", "evaluate", "score_images"]
 PILOT_IMAGES = 16
 
 MC_TIMESTEPS = ("schedule", "importance")
-
-
-def score_images(
-    denoiser: Callable[[Any, Any], Any],
-    diffusion: Diffusion,
-    heldout_uint8: np.ndarray,
-    *,
-    train_uint8: np.ndarray,
-    full: bool = True,
-    num_draws: int = 16,
-    mc_timesteps: str = "schedule",
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    shard: tuple[int, int] | None = None,
-    xp: Any = None,
-    device: Any = None,
-    announce: Callable[[str], None] | None = None,
-) -> ImageScores:
-    """The per-image bound and baseline of ``heldout_uint8``, or of its ``shard``: the part of
-    :func:`evaluate` that one process of a sharded evaluation computes (arguments as there).
-
-    Shard ``(K, N)`` scores the contiguous block ``shard_range(len(heldout_uint8), (K, N))``
-    of the images, as sampling's shards; image i's noise depends on (seed, i) only. With
-    ``full=False`` and ``num_draws=0`` only the baseline is scored.
-    """
-    heldout = check_uint8_images(heldout_uint8, "held-out images")
-    train = check_uint8_images(train_uint8, "training images")
-    if mc_timesteps == "uniform":
-        raise ValueError(
-            "uniform Monte-Carlo timesteps are not offered: a few uniform draws miss the small t "
-            "that carry most of the bound, and their standard error does not show it; use "
-            "'schedule' (the default) or 'importance'"
-        )
-    if mc_timesteps not in MC_TIMESTEPS:
-        raise ValueError(f"mc_timesteps must be one of {MC_TIMESTEPS}, got {mc_timesteps!r}")
-    say = announce if announce is not None else (lambda _: None)
-    T = diffusion.num_timesteps
-    seconds: dict[str, float] = {}
-    common = {"xp": xp, "device": device}
-
-    probs = None
-    if num_draws and mc_timesteps == "importance":
-        # Pilot on training images, not the evaluated ones: p(t) stays independent of them.
-        t0 = time.perf_counter()
-        say(
-            f"pilot of the importance-sampled estimate: the full bound on "
-            f"{min(PILOT_IMAGES, train.shape[0])} training images, {T} network calls"
-        )
-        probs = importance_timestep_probs(
-            denoiser, diffusion, train[:PILOT_IMAGES], seed=seed + 1, progress=progress, **common
-        )
-        seconds["mc_pilot"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    start, stop = shard_range(heldout.shape[0], shard, what="images")
-    indices = np.arange(start, stop, dtype=np.int64)
-    batches = -(-len(indices) // batch_size)
-    if full:
-        say(
-            f"full bound: {T} network calls per batch, {batches} batch(es) of up to {batch_size} "
-            f"of {len(indices)} images: {T * batches} calls"
-        )
-    if num_draws:
-        plan = mc_plan(diffusion.schedule, num_draws, probs, diffusion.data_range)
-        calls = plan.exact.size + (num_draws if plan.tail.size else 0)
-        cost = "read from the full bound's terms" if full else f"{calls * batches} calls"
-        say(
-            f"Monte-Carlo estimate ({mc_timesteps} proposal): {plan.exact.size} exact term(s) "
-            f"and {num_draws if plan.tail.size else 0} drawn per image: {cost}"
-        )
-    parts = None
-    if full or num_draws:
-        parts = bound_parts(
-            denoiser,
-            diffusion,
-            heldout[start:stop],
-            full=full,
-            num_draws=num_draws,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-            timestep_probs=probs,
-            indices=indices,
-            **common,
-        )
-        seconds["bits_per_dim"] = time.perf_counter() - t0
-    base = IndependentPixelModel().fit(train).bits_per_dim(heldout[start:stop])
-    return ImageScores(indices, parts, base, probs, seconds)
 
 
 def evaluate(
@@ -231,3 +143,105 @@ def evaluate(
         report["sample_quality"] = quality
         seconds["sample_quality"] = time.perf_counter() - t0
     return report
+
+
+@parameters_from(evaluate)
+def score_images(
+    denoiser: Callable[[Any, Any], Any],
+    diffusion: Diffusion,
+    heldout_uint8: np.ndarray,
+    *,
+    train_uint8: np.ndarray,
+    full: bool = True,
+    num_draws: int = 16,
+    mc_timesteps: str = "schedule",
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    xp: Any = None,
+    device: Any = None,
+    announce: Callable[[str], None] | None = None,
+) -> ImageScores:
+    """The per-image bound and baseline of ``heldout_uint8``, or of its ``shard``: the part of
+    :func:`evaluate` that one process of a sharded evaluation computes; the parameters are its.
+
+    Shard ``(K, N)`` scores the contiguous block ``shard_range(len(heldout_uint8), (K, N))``
+    of the images, as sampling's shards; image i's noise depends on (seed, i) only. With
+    ``full=False`` and ``num_draws=0`` only the baseline is scored.
+
+    Parameters
+    ----------
+    shard : (K, N), optional
+        Score only block K (from 0) of N of ``heldout_uint8``; default all of it.
+
+    Returns
+    -------
+    ImageScores
+        The shard's images' global indices, the bound's pieces per image (None when neither
+        the full bound nor draws were asked for), the baseline's bits/dim, the Monte-Carlo
+        estimate's timestep distribution and the seconds of each part.
+    """
+    heldout = check_uint8_images(heldout_uint8, "held-out images")
+    train = check_uint8_images(train_uint8, "training images")
+    if mc_timesteps == "uniform":
+        raise ValueError(
+            "uniform Monte-Carlo timesteps are not offered: a few uniform draws miss the small t "
+            "that carry most of the bound, and their standard error does not show it; use "
+            "'schedule' (the default) or 'importance'"
+        )
+    if mc_timesteps not in MC_TIMESTEPS:
+        raise ValueError(f"mc_timesteps must be one of {MC_TIMESTEPS}, got {mc_timesteps!r}")
+    say = announce if announce is not None else (lambda _: None)
+    T = diffusion.num_timesteps
+    seconds: dict[str, float] = {}
+    common = {"xp": xp, "device": device}
+
+    probs = None
+    if num_draws and mc_timesteps == "importance":
+        # Pilot on training images, not the evaluated ones: p(t) stays independent of them.
+        t0 = time.perf_counter()
+        say(
+            f"pilot of the importance-sampled estimate: the full bound on "
+            f"{min(PILOT_IMAGES, train.shape[0])} training images, {T} network calls"
+        )
+        probs = importance_timestep_probs(
+            denoiser, diffusion, train[:PILOT_IMAGES], seed=seed + 1, progress=progress, **common
+        )
+        seconds["mc_pilot"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    start, stop = shard_range(heldout.shape[0], shard, what="images")
+    indices = np.arange(start, stop, dtype=np.int64)
+    batches = -(-len(indices) // batch_size)
+    if full:
+        say(
+            f"full bound: {T} network calls per batch, {batches} batch(es) of up to {batch_size} "
+            f"of {len(indices)} images: {T * batches} calls"
+        )
+    if num_draws:
+        plan = mc_plan(diffusion.schedule, num_draws, probs, diffusion.data_range)
+        calls = plan.exact.size + (num_draws if plan.tail.size else 0)
+        cost = "read from the full bound's terms" if full else f"{calls * batches} calls"
+        say(
+            f"Monte-Carlo estimate ({mc_timesteps} proposal): {plan.exact.size} exact term(s) "
+            f"and {num_draws if plan.tail.size else 0} drawn per image: {cost}"
+        )
+    parts = None
+    if full or num_draws:
+        parts = bound_parts(
+            denoiser,
+            diffusion,
+            heldout[start:stop],
+            full=full,
+            num_draws=num_draws,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            timestep_probs=probs,
+            indices=indices,
+            **common,
+        )
+        seconds["bits_per_dim"] = time.perf_counter() - t0
+    base = IndependentPixelModel().fit(train).bits_per_dim(heldout[start:stop])
+    return ImageScores(indices, parts, base, probs, seconds)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,7 @@ class BoundParts:
     def join(self, gather: Callable[[np.ndarray], np.ndarray]) -> BoundParts:
         """The parts of the whole evaluation, from this process's: ``gather`` concatenates an
         array of every process in rank order (the identity in one process)."""
-        joined = {
+        joined: dict[str, Any] = {
             k: None if getattr(self, k) is None else gather(getattr(self, k))
             for k in self.PER_IMAGE
         }
@@ -152,11 +152,11 @@ class BoundParts:
         """The parts of several shards (already in image order) as one; the scalar fields and
         the seconds are the first's and the sums of all."""
         first = parts[0]
-        joined = {
+        joined: dict[str, Any] = {
             k: None if getattr(first, k) is None else np.concatenate([getattr(p, k) for p in parts])
             for k in cls.PER_IMAGE
         }
-        seconds = {
+        seconds: dict[str, Any] = {
             k: None if getattr(first, k) is None else sum(getattr(p, k) or 0.0 for p in parts)
             for k in ("seconds_full", "seconds_mc")
         }
@@ -186,12 +186,16 @@ class BoundParts:
             "seconds_mc": self.seconds_mc,
         }
         if self.total is not None:
+            terms_sum, mse_sum = self.terms_sum, self.mse_sum
+            # the full pass makes all four
+            assert self.prior is not None and terms_sum is not None and mse_sum is not None
             result["bpd_full"], result["bpd_full_stderr"] = mean_and_stderr(self.total)
             result["prior_bpd"] = float(self.prior.mean())
-            result["terms_bpd"] = self.terms_sum / n
-            result["x0_mse"] = self.mse_sum / n
+            result["terms_bpd"] = terms_sum / n
+            result["x0_mse"] = mse_sum / n
         if self.mc_estimate is not None:
             mean, var = float(self.mc_estimate.mean()), self.mc_var
+            assert var is not None  # the estimate comes with its variance
             se = math.sqrt(var.sum()) / n
             # Welch-Satterthwaite: the images' variance estimates, mc_groups d.o.f. each
             dof = var.sum() ** 2 / ((var**2).sum() / self.mc_groups) if var.sum() > 0 else math.inf
@@ -313,7 +317,7 @@ def bound_parts(
     def arr(a: np.ndarray) -> Any:
         return xp.asarray(a) if device is None else xp.asarray(a, device=device)
 
-    def batches():
+    def batches() -> Iterator[tuple[Any, Any]]:
         for i in starts:
             x = arr(x_all[i : i + batch_size])
             yield x, arr(index[i : i + x.shape[0]].astype(np.int64))

@@ -53,10 +53,21 @@ FORMAT = "refdiff.partial_evaluation/1"
 
 @dataclass
 class ImageScores:
-    """The scores of a set of images, per image: their global ``indices`` (int64 [m]), the
-    bound's pieces (``bound``, None when it was not computed), the independent-pixel baseline's
-    bits/dim ``baseline_bpd`` (float64 [m]), the Monte-Carlo estimate's ``timestep_probs``
-    (float64 [T], None for uniform timesteps) and the ``seconds`` each part took."""
+    """The scores of a set of images (:func:`~refdiff.evaluation.score_images`), per image.
+
+    Attributes
+    ----------
+    indices : int64 array [m]
+        The images' global indices.
+    bound : BoundParts or None
+        The bound's pieces per image; None when it was not computed.
+    baseline_bpd : float64 array [m]
+        The independent-pixel baseline's bits/dim.
+    timestep_probs : float64 array [T] or None
+        The Monte-Carlo estimate's timestep distribution (None: the schedule's).
+    seconds : dict of str to float
+        How long each part took.
+    """
 
     indices: np.ndarray
     bound: BoundParts | None
@@ -163,9 +174,23 @@ def save_partial(
 ) -> None:
     """Write a shard's ``scores`` as a partial evaluation file (``.npz``, whole or not at all).
 
-    ``identity`` is what the caller knows identifies the evaluation (the model's fingerprint,
-    its settings, the data spec and split); the scores' :meth:`~ImageScores.method` and
-    ``num_images`` (all shards together) are added to it.
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.npz`` file; its folder is created.
+    scores : ImageScores
+        The shard's scores.
+    shard : (K, N)
+        Which shard they are.
+    num_images : int
+        The images of the whole evaluation (all shards together).
+    identity : mapping
+        What identifies the evaluation (the model's fingerprint, its settings, the data spec and
+        split); the scores' :meth:`~ImageScores.method` and ``num_images`` are added to it, and
+        :func:`merge_partials` refuses files whose identities differ.
+    about : mapping, optional
+        Recorded with the scores, not compared between shards (``refdiff eval`` records the
+        model's description and the data spec).
     """
     ident = {**identity, "num_images": int(num_images), "method": scores.method()}
     arrays: dict[str, Any] = {
@@ -194,7 +219,23 @@ def save_partial(
 
 
 def read_partial(path: str | os.PathLike[str]) -> Partial:
-    """Read a file written by :func:`save_partial`; anything else is a ``ValueError`` naming it."""
+    """Read a file written by :func:`save_partial`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Partial
+        Its path, scores, shard, identity and ``about``.
+
+    Raises
+    ------
+    ValueError
+        For any other file, or a damaged one; the message names it.
+    """
     from ..data.npz import open_npz
 
     p = os.fspath(path)
@@ -218,7 +259,7 @@ def read_partial(path: str | os.PathLike[str]) -> Partial:
             if "bound_meta" in keys:
                 meta = json.loads(str(npz["bound_meta"]))
                 names = {f.name: f for f in dataclasses.fields(BoundParts)}
-                kwargs = {
+                kwargs: dict[str, Any] = {
                     k2: tuple(v) if isinstance(v, list) else v
                     for k2, v in meta.items()
                     if k2 in names
@@ -252,6 +293,15 @@ def merge_partials(
     They must share their identity (model fingerprint, settings, data, split, number of images,
     seed, method: a difference is named with both files), hold disjoint images and, unless
     ``allow_partial``, every image (the missing ones are named, with their shards).
+
+    Parameters
+    ----------
+    paths : sequence of str or PathLike
+        The partial evaluation files (:func:`save_partial`), in any order.
+    allow_partial : bool
+        Join what is there when images are missing, instead of refusing.
+    partial_hint : str
+        Appended to the error about missing images (how to allow them, for the command line).
 
     Returns
     -------

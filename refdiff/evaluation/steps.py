@@ -162,7 +162,17 @@ def quality_vs_steps(
 _SCORES = ("fd", "fd_relative", "fd_floor", "fd_ceiling", "confidence", "class_coverage")
 
 
-def _score_run(counted, name, steps, spacing, n, seed, batch_size, train, test) -> dict[str, Any]:
+def _score_run(
+    counted: _CountedCalls,
+    name: str,
+    steps: int,
+    spacing: str,
+    n: int,
+    seed: int,
+    batch_size: int,
+    train: Any,
+    test: Any,
+) -> dict[str, Any]:
     """One run of ``n`` samples scored with the digits measures, and its calls per sample."""
     counted.calls = 0
     floats = sample_array(

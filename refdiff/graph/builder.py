@@ -136,8 +136,8 @@ class GraphBuilder:
                 raise ValueError(f"opset must be a positive int, got {opset!r}")
             self.opset = opset
             self._taken: set[str] = set()
-            self._counters: dict[str, itertools.count] = {}
-            self._consts: dict[tuple, str] = {}
+            self._counters: dict[str, itertools.count[int]] = {}
+            self._consts: dict[tuple[Any, ...], str] = {}
             self._scope = ""
             self._domains: dict[str, int] = {"": opset}
             self._ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
@@ -543,7 +543,7 @@ class GraphBuilder:
         return model
 
 
-def _subgraphs(node: Any):
+def _subgraphs(node: Any) -> Iterator[Any]:
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g

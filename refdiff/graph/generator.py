@@ -203,7 +203,7 @@ def build_generator(denoiser: Any, choice: SamplerChoice, *, layout: str = "loop
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     den_meta, diffusion, plan = _prepare(denoiser, choice)
-    shape = tuple(diffusion.image_shape)
+    shape = diffusion.image_shape
     C, H, W = shape
     N = plan.steps
     g = GraphBuilder("refdiff_generator", opset=_opset(denoiser))
@@ -229,6 +229,7 @@ def build_generator(denoiser: Any, choice: SamplerChoice, *, layout: str = "loop
 
     def step_noise(gb: GraphBuilder, step_k: str, k: int | str) -> str:
         """Step k's noise: the ``noise`` input's slice when given, else drawn in the graph."""
+        assert noise_in is not None  # only stochastic plans have the input and draw noise
         then_n, else_n = gb.subgraph("noise_given"), gb.subgraph("noise_drawn")
         kk = then_n.const(k) if isinstance(k, int) else k
         then_n.output(then_n.op("Gather", noise_in, kk, axis=0), dtype=F32, shape=None)
@@ -296,7 +297,7 @@ def build_step(denoiser: Any, choice: SamplerChoice) -> Any:
     plan's step k. Run -1, 0, …, N-1 in turn: the result equals the generator's ``samples``.
     """
     den_meta, diffusion, plan = _prepare(denoiser, choice)
-    shape = tuple(diffusion.image_shape)
+    shape = diffusion.image_shape
     C, H, W = shape
     Hh = plan.history
     g = GraphBuilder("refdiff_step", opset=_opset(denoiser))

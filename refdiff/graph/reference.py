@@ -63,8 +63,8 @@ TABLES = (
     "fixed_large_log_variance",
 )
 #: the model of the plans and trajectories: small enough to read, with every kind of step
-DIFFUSION = dict(prediction="v", variance="fixed_small", image_shape=(1, 3, 4))
-GAUSSIAN = {"mean": 0.1, "std": 0.6}
+DIFFUSION: dict[str, Any] = dict(prediction="v", variance="fixed_small", image_shape=(1, 3, 4))
+GAUSSIAN: dict[str, Any] = {"mean": 0.1, "std": 0.6}
 SEED, INDICES = 7, [0, 3, 2**33 + 1]
 
 

@@ -17,6 +17,7 @@ The network takes ``x`` ([B, C, H, W], float) and ``t`` ([B], integer timestep i
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ def randomized_unet(config: UNetConfig, seed: int = 0) -> UNet:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
+                assert m.bias is not None  # every layer of the U-Net has one
                 nn.init.xavier_uniform_(m.weight, generator=g)
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, nn.GroupNorm):
@@ -99,6 +101,13 @@ def _norm(channels: int, groups: int) -> GroupNorm32:
     return GroupNorm32(groups, channels, eps=_GROUPNORM_EPS)
 
 
+def _zero_init(layer: nn.Conv2d) -> nn.Conv2d:
+    """``layer``, marked to start at zero (:meth:`UNet.reset_parameters`)."""
+    # torch types a module's attributes as tensors or modules; this one is a plain flag
+    layer.is_zero_init = True  # type: ignore[assignment]
+    return layer
+
+
 class ResBlock(nn.Module):
     """Wide residual block with a timestep projection (Ho et al.'s ``resnet_block``).
 
@@ -113,8 +122,7 @@ class ResBlock(nn.Module):
         self.temb_proj = nn.Linear(temb_ch, out_ch)
         self.norm2 = _norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.conv2.is_zero_init = True
+        self.conv2 = _zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -137,8 +145,7 @@ class AttnBlock(nn.Module):
         self.num_heads = num_heads
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        self.proj.is_zero_init = True
+        self.proj = _zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -264,8 +271,7 @@ class UNet(nn.Module):
         assert not skip_chs, "every skip activation must be consumed"
 
         self.norm_out = _norm(cur, cfg.num_groups)
-        self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
-        self.conv_out.is_zero_init = True
+        self.conv_out = _zero_init(nn.Conv2d(cur, cfg.out_channels, 3, padding=1))
 
         self.reset_parameters()
 
@@ -283,6 +289,7 @@ class UNet(nn.Module):
                     nn.init.zeros_(module.weight)
                 else:
                     nn.init.xavier_uniform_(module.weight)
+                assert module.bias is not None  # every layer of the U-Net has one
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
@@ -343,7 +350,7 @@ class UNet(nn.Module):
 
         hs = [self.conv_in(x)]
         for blocks, downsample in zip(self.down_blocks, self.downsamples, strict=True):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 hs.append(blk(hs[-1], temb))
             if not isinstance(downsample, nn.Identity):
                 hs.append(downsample(hs[-1]))
@@ -352,7 +359,7 @@ class UNet(nn.Module):
         h = self.mid_res2(self.mid_attn(self.mid_res1(h, temb)), temb)
 
         for blocks, upsample in zip(self.up_blocks, self.upsamples, strict=True):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, hs.pop()], dim=1), temb)
             h = upsample(h)
 

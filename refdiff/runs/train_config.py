@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,11 +435,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     text = p.read_text(encoding="utf-8")
     suffix = p.suffix.lower()
     if suffix == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10
+        else:
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ModuleNotFoundError:
                 raise ValueError(
                     f"{str(p)!r}: reading TOML needs Python 3.11+ or the 'tomli' package; "

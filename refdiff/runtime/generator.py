@@ -261,7 +261,7 @@ class OnnxStepper(_Session):
             x=np.ascontiguousarray(x, np.float32),
             history=np.ascontiguousarray(history, np.float32),
         )
-        return tuple(self.session.run(list(self.outputs), feed))  # type: ignore[return-value]
+        return tuple(self.session.run(list(self.outputs), feed))
 
     def run(self, seed: int, sample_indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every step in turn: the samples, equal to the generator's."""

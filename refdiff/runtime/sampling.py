@@ -24,6 +24,7 @@ import numpy as np
 
 from .._array import to_host
 from .._checks import check_int
+from .._docstrings import parameters_from
 from .._enums import Spacing
 from .._io import check_output_file, created_folder, write_npz
 from ..sampler_loop import Callback
@@ -47,7 +48,17 @@ __all__ = [
 class Denoiser(Protocol):
     """What :func:`sample_images` needs: ``(x, t) -> model_output`` plus the model's settings.
 
-    ``xp`` (the array namespace the denoiser takes) is optional and defaults to NumPy.
+    Called as ``denoiser(x, t)`` with images ``x`` [B, C, H, W] (float32, of the namespace
+    ``xp``) and the model's timestep indices ``t`` (int64 [B]), it returns the model output
+    [B, C, H, W] (or [B, 2C, H, W] with a learned variance) of ``x``'s namespace.
+    :class:`~refdiff.runtime.OnnxDenoiser` is one.
+
+    Attributes
+    ----------
+    diffusion : Diffusion
+        The model's settings (schedule, parameterisation, image shape, data range).
+    xp : module, optional
+        The array namespace the denoiser takes (NumPy or CuPy); NumPy when absent.
     """
 
     diffusion: Diffusion
@@ -167,10 +178,23 @@ def shard_from_environment(env: Mapping[str, str] | None = None) -> tuple[int, i
 
 
 def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``; ``None`` stays ``None``;
-    ``"auto"`` reads the launcher's environment (:func:`shard_from_environment`).
+    """A shard as ``(K, N)``: shard K (from 0, like process ranks) of N.
 
-    Shards are numbered from 0, like process ranks: ``--shard $RANK/$WORLD_SIZE``.
+    Parameters
+    ----------
+    spec : str, (K, N) or None
+        ``"K/N"`` (``--shard $RANK/$WORLD_SIZE``), a pair of ints, ``"auto"`` (the launcher's
+        environment: :func:`shard_from_environment`), or None.
+
+    Returns
+    -------
+    (int, int) or None
+        ``(K, N)`` with ``0 <= K < N``; None for None.
+
+    Raises
+    ------
+    ValueError
+        For a malformed spec or K outside [0, N).
     """
     if spec is None:
         return None
@@ -202,8 +226,22 @@ def parse_shard(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def shard_range(n: int, shard: tuple[int, int] | None, *, what: str = "samples") -> tuple[int, int]:
-    """The global indices ``[start, stop)`` of ``shard`` in a run of ``n`` samples (or other
-    items: ``what`` names them in errors): ``[K * n // N, (K + 1) * n // N)``."""
+    """The global indices of ``shard`` in a run of ``n`` samples.
+
+    Parameters
+    ----------
+    n : int
+        The items of the whole run, >= 1 and at least the number of shards.
+    shard : (K, N) or None
+        The shard (:func:`parse_shard`); None is the whole run.
+    what : str
+        What the items are, for the error messages (``"samples"``, ``"images"``).
+
+    Returns
+    -------
+    (int, int)
+        ``[start, stop)`` = ``[K * n // N, (K + 1) * n // N)``.
+    """
     n = check_int(n, f"the number of {what} n", minimum=1)
     if shard is None:
         return 0, n
@@ -216,8 +254,23 @@ def shard_range(n: int, shard: tuple[int, int] | None, *, what: str = "samples")
 def to_uint8(x: np.ndarray, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """Map samples in ``data_range`` to 8-bit levels 0..255 (rounded, clipped).
 
-    A NaN or an infinity is a ``ValueError`` (a diverged model must not become black or white
-    pixels without a word).
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Samples [N, ...] (any real dtype), in the model's data range.
+    data_range : (lo, hi)
+        The values that become 0 and 255.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, of ``x``'s shape.
+
+    Raises
+    ------
+    ValueError
+        For a NaN or an infinity (a diverged model must not become black or white pixels
+        without a word); the message counts the samples that hold one.
     """
     lo, hi = data_range
     values = np.asarray(x, dtype=np.float64)
@@ -246,16 +299,49 @@ def sample_array(
     callback: Callback | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """Samples as a float32 NumPy array ``[n_shard, C, H, W]`` in the model's data range.
+    """Samples as a float32 NumPy array ``[n_shard, C, H, W]`` in the model's data range
+    (:func:`sample_images` quantises them to uint8).
 
-    The arguments are those of :func:`sample_images`, which quantises this result to uint8.
+    Parameters
+    ----------
+    denoiser : Denoiser
+        Usually an :class:`~refdiff.runtime.OnnxDenoiser`; its ``xp`` picks NumPy or CuPy.
+    n : int
+        Samples of the whole run (all shards together), >= 1.
+    sampler : str or SamplerChoice, optional
+        A name in :data:`refdiff.SAMPLERS` (default :data:`refdiff.DEFAULT_SAMPLER`), or a choice
+        made by :meth:`refdiff.Diffusion.choose_sampler` (then no steps, spacing or options).
+    steps : int, optional
+        Sampling steps, 1 … T; default: the sampler's ``default_steps`` (DDPM: all T). Fewer steps
+        than T respace the schedule (:func:`~refdiff.select_timesteps`).
+    spacing : {"even", "logsnr", "karras"}, optional
+        Which training timesteps ``steps`` picks; default: the sampler's (its registry entry).
+    seed : int
+        The noise seed; sample ``i`` depends only on (seed, i), never on batch size or shard.
+    shard : (K, N) or "K/N", optional
+        Draw only the contiguous block K (from 0) of N of the indices ``0 … n-1``.
+    batch_size : int
+        Samples per denoiser call; bounds memory only.
+    progress : bool
+        Show a tqdm progress bar (on stderr) counting sampler steps.
+    callback : callable, optional
+        ``callback(i, t, x, pred_x0)`` after every step of every chunk.
+    **options
+        The sampler's options (``eta`` for ``ddim`` and ``dpmpp_2m_sde``, ...: its registry
+        entry's ``options``); another sampler's option is an error.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32 [n_shard, C, H, W]`` in the model's data range; its global indices are
+        ``range(*shard_range(n, shard))``.
     """
     d: Diffusion = denoiser.diffusion
     choice = d.choose_sampler(sampler, steps, spacing, **options)
     n = check_int(n, "the number of samples n", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     start, stop = shard_range(n, parse_shard(shard))
-    xp = getattr(denoiser, "xp", None)
+    xp: Any = getattr(denoiser, "xp", None)
     if xp is None:
         import array_api_compat.numpy as xp
     chunks = [(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
@@ -293,6 +379,7 @@ def sample_array(
     return out
 
 
+@parameters_from(sample_array)
 def sample_images(
     denoiser: Denoiser,
     n: int,
@@ -307,35 +394,8 @@ def sample_images(
     callback: Callback | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """Draw samples ``shard`` of a run of ``n`` and return them as uint8 ``[n_shard, C, H, W]``.
-
-    Parameters
-    ----------
-    denoiser : Denoiser
-        Usually an :class:`~refdiff.runtime.OnnxDenoiser`; its ``xp`` picks NumPy or CuPy.
-    n : int
-        Samples of the whole run (all shards together), >= 1.
-    sampler : str or SamplerChoice, optional
-        A name in :data:`refdiff.SAMPLERS` (default :data:`refdiff.DEFAULT_SAMPLER`), or a choice
-        made by :meth:`refdiff.Diffusion.choose_sampler` (then no steps, spacing or options).
-    steps : int, optional
-        Sampling steps, 1 … T; default: the sampler's ``default_steps`` (DDPM: all T). Fewer steps
-        than T respace the schedule (:func:`~refdiff.select_timesteps`).
-    spacing : {"even", "logsnr", "karras"}, optional
-        Which training timesteps ``steps`` picks; default: the sampler's (its registry entry).
-    seed : int
-        The noise seed; sample ``i`` depends only on (seed, i), never on batch size or shard.
-    shard : (K, N) or "K/N", optional
-        Draw only the contiguous block K (from 0) of N of the indices ``0 … n-1``.
-    batch_size : int
-        Samples per denoiser call; bounds memory only.
-    progress : bool
-        Show a tqdm progress bar (on stderr) counting sampler steps.
-    callback : callable, optional
-        ``callback(i, t, x, pred_x0)`` after every step of every chunk.
-    **options
-        The sampler's options (``eta`` for ``ddim`` and ``dpmpp_2m_sde``, ...: its registry
-        entry's ``options``); another sampler's option is an error.
+    """Draw samples ``shard`` of a run of ``n`` and return them as uint8 ``[n_shard, C, H, W]``:
+    :func:`sample_array`'s samples quantised by :func:`to_uint8`; the parameters are its.
 
     Returns
     -------
@@ -361,9 +421,19 @@ def sample_images(
 def check_output_path(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Check, before any sampling, that the PNG and its .npz companion can be written.
 
-    Returns ``(png_path, npz_path)``. Creates nothing: missing folders are created when the files
-    are written (:func:`save_samples`), so a command that fails before it produces anything
-    leaves nothing behind.
+    Creates nothing: missing folders are created when the files are written
+    (:func:`save_samples`), so a command that fails before it produces anything leaves nothing
+    behind.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The PNG grid; the .npz goes beside it, with the suffix replaced.
+
+    Returns
+    -------
+    (Path, Path)
+        The PNG and the .npz paths.
     """
     png = check_output_file(path, suffix=".png", what="output grid")
     npz = check_output_file(png.with_suffix(".npz"), suffix=".npz", what="output")
@@ -387,6 +457,28 @@ def save_samples(
     entries of ``info`` (sampler, steps, eta, n, ...), so shards can be merged and re-checked.
     Each file is written whole or not at all (a temporary name in the same folder, flushed,
     renamed); the .npz, which holds everything, is written first.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        uint8 [N, C, H, W].
+    path : str or PathLike
+        The PNG grid (:func:`check_output_path`).
+    indices : integer array [N]
+        The images' global indices in the run.
+    seed : int
+        The noise seed they were drawn with.
+    info : dict, optional
+        Further entries of the .npz; None values are left out.
+    nrow : int, optional
+        Images per row of the grid (default: about a square).
+    grid_limit : int, optional
+        Show at most this many images in the grid (at least 1).
+
+    Returns
+    -------
+    (Path, Path)
+        The PNG and the .npz written.
     """
     from ..images import save_grid
 

@@ -170,11 +170,15 @@ class OnnxDenoiser:
             self._engine = OpenVinoEngine(self.path, threads=threads)
         self.image_shape: tuple[int, int, int] = self.diffusion.image_shape
         self.out_channels: int = self.diffusion.out_channels
+        self.xp: Any
         if kind == "cuda":
-            import array_api_compat.cupy as xp
+            import array_api_compat.cupy as cupy_namespace
+
+            self.xp = cupy_namespace
         else:
-            import array_api_compat.numpy as xp
-        self.xp = xp
+            import array_api_compat.numpy as numpy_namespace
+
+            self.xp = numpy_namespace
 
     # ---------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -207,7 +211,7 @@ class OnnxDenoiser:
                 f"{type(t).__name__}"
             )
         self._check_call(x, t)
-        feed = {
+        feed: dict[str, np.ndarray] = {
             "x": np.ascontiguousarray(x, dtype=np.float32),
             "t": np.ascontiguousarray(t, dtype=np.int64),
         }
@@ -242,6 +246,7 @@ class OnnxDenoiser:
 
     def _call_cuda(self, x: Any, t: Any) -> Any:
         cp = self._cupy
+        assert cp is not None  # __call__ comes here on CUDA only
         if not isinstance(x, cp.ndarray) or not isinstance(t, cp.ndarray):
             raise TypeError(
                 f"a CUDA OnnxDenoiser takes CuPy arrays, got {type(x).__name__} and "

@@ -383,7 +383,7 @@ def join_sample_files(
     if len(read) == 1:
         f, images, meta = read[0]
         identity = {k: meta[k] for k in SAMPLE_IDENTITY if k in meta}
-        n = int(meta.get("n", images.shape[0]))
+        n = int(meta.get("n", len(images)))
         if "indices" not in meta or "n" not in meta:
             idx = np.arange(images.shape[0], dtype=np.int64)
             return JoinedSamples(images, idx, identity, (f,), images.shape[0], idx[:0])

@@ -11,6 +11,8 @@ NumPy only: no torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..data import has_test_split, load_dataset, split_holdout
@@ -43,7 +45,10 @@ def load_training_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, str
     try:
         if has_test_split(spec):
             # an .npz option given for these sources is refused by load_dataset, not ignored
-            npz_options = {"value_range": config.value_range, "npz_key": config.npz_key}
+            npz_options: dict[str, Any] = {
+                "value_range": config.value_range,
+                "npz_key": config.npz_key,
+            }
             train = load_dataset(spec, split="train", **npz_options)
             held = load_dataset(spec, split="test", **npz_options)
             name = train.name

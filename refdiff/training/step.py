@@ -79,7 +79,8 @@ class TrainState:
         torch.manual_seed(derive_seed(cfg.seed, Purpose.INIT))
         self.model = UNet(cfg.unet).to(self.device)
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format, which torch's overloads of it leave out
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -180,8 +181,8 @@ class TrainState:
         decay = min(self.config.ema_rate, (1.0 + step) / (10.0 + step))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p, 1.0 - decay)
-        for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-            e.copy_(b)
+        for e_buf, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            e_buf.copy_(b)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns this step's loss (averaged over processes), lr, grad norm."""

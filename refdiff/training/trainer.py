@@ -195,8 +195,10 @@ class Trainer:
         sizes = distributed.all_gather_concat(n, self.ctx).tolist()
         pad = np.zeros((max(sizes), *a.shape[1:]), dtype=np.float64)
         pad[: a.shape[0]] = a
-        parts = distributed.all_gather_concat(torch.from_numpy(pad[None]).to(self.device), self.ctx)
-        parts = parts.cpu().numpy()
+        gathered = distributed.all_gather_concat(
+            torch.from_numpy(pad[None]).to(self.device), self.ctx
+        )
+        parts = gathered.cpu().numpy()
         return np.concatenate([parts[r, : sizes[r]] for r in range(len(sizes))])
 
     def evaluate(self) -> dict[str, Any]:
