@@ -223,6 +223,16 @@ def _quantize_int8(
     class Reader(_Feeds, CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
         pass
 
+    # onnxruntime before 1.19 pins every Softmax output's range to [0, 1], quantized or not, and
+    # fails ("Only an existing tensor can be modified, 'softmax' is not") unless the calibration
+    # measured that tensor. Naming Softmax among the calibrated types and excluding each Softmax
+    # node gets it measured and leaves it in float32: later releases skip the excluded nodes, so
+    # the file is the same.
+    softmax = set()
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Softmax":
+            node.name = node.name or f"refdiff_softmax_{i}"  # exclusion goes by name
+            softmax.add(node.name)
     src, dst = folder / "float32.onnx", folder / "int8.onnx"
     onnx.save_model(proto, str(src))
     quantize_static(
@@ -234,8 +244,8 @@ def _quantize_int8(
         weight_type=QuantType.QInt8,
         per_channel=True,
         reduce_range=False,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=sorted(exclude),
+        op_types_to_quantize=[*QUANTIZED_OPS, *(["Softmax"] if softmax else [])],
+        nodes_to_exclude=sorted(set(exclude) | softmax),
         # Memory: ranges merged after every batch. (CalibMaxIntermediateOutputs would drop the
         # batches it collected in onnxruntime 1.32 rather than merge them.)
         extra_options={"CalibStridedMinMax": 1},

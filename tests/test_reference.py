@@ -86,7 +86,9 @@ def test_the_loop_of_the_docs_reproduces_every_trajectory(ref):
             return np.stack([_normals(seed, i, step, n)[1].reshape(shape) for i in idx])
 
         x = normals(2**32 - 1)
-        np.testing.assert_array_equal(x, run["float64"]["x_T"])
+        # float64 Box-Muller agrees to rounding (docs/ports.md): libm's log/cos/sin may differ
+        # by an ulp between NumPy builds (NumPy 1.26 here and there)
+        np.testing.assert_allclose(x, run["float64"]["x_T"], rtol=0, atol=1e-14)
         history = []
         for k in range(len(plan["step_index"])):
             out = _gaussian(
