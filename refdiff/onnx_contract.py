@@ -364,7 +364,8 @@ class GeneratorMetadata:
         """``generator: dpmpp_2m, 10 steps (even spacing); loop; float32 denoiser``."""
         s = self.sampler
         opts = "".join(f", {k}={v}" for k, v in s.get("options", {}).items())
-        dtype = self.denoiser.get("dtype", "float32")
+        precision = self.denoiser.get("precision")
+        dtype = precision["name"] if precision else self.denoiser.get("dtype", "float32")
         return (
             f"{self.kind}: {s['sampler']}, {s['steps']} steps ({s['spacing']} spacing{opts}); "
             f"{self.graph}; {dtype} denoiser"

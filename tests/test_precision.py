@@ -233,6 +233,33 @@ def test_cli_refuses_contradicting_precisions(tiny_onnx, tmp_path, capsys):
     assert "--fp16 contradicts --precision int8" in capsys.readouterr().err
 
 
+def test_an_int8_generator_says_so_and_equals_the_python_sampler(int8_file, tmp_path, capsys):
+    out = tmp_path / "gen8.onnx"
+    args = ["export", str(int8_file), "--sampler", "dpmpp_2m", "--steps", "4", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert "PASS" in capsys.readouterr().out  # the export's own check against the Python loop
+    assert main(["check", str(out)]) == 0
+    assert "int8 denoiser" in capsys.readouterr().out
+
+
+def test_a_generator_of_a_bfloat16_file_is_refused(tiny_onnx, tmp_path, capsys):
+    """A bfloat16 file is the float32 graph that OpenVINO runs in bfloat16: a generator (run by
+    onnxruntime) of it computed float32, said "float32 denoiser" and failed its own check."""
+    meta = ModelMetadata.from_json(json.dumps(_metadata(tiny_onnx)))
+    proto = onnx.load(str(tiny_onnx))
+    bf16 = ModelMetadata(meta.diffusion, model=meta.model, precision=Precision("bfloat16"))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = bf16.to_json()
+    onnx.save(proto, str(tmp_path / "bf16.onnx"))
+    out = tmp_path / "gen.onnx"
+    argv = ["export", str(tmp_path / "bf16.onnx"), "--sampler", "dpmpp_2m", "--out", str(out)]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "a bfloat16 denoiser runs on openvino" in err and "float32 file" in err, err
+    assert not out.exists() and not (tmp_path / "gen-step.onnx").exists()
+
+
 # -- the bfloat16 variant -------------------------------------------------------------------------
 
 

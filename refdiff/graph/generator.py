@@ -171,6 +171,14 @@ def _prepare(denoiser: Any, choice: SamplerChoice) -> tuple[ModelMetadata, Diffu
     if not isinstance(choice, SamplerChoice):
         raise TypeError(f"choice must be a SamplerChoice, got {type(choice).__name__}")
     den_meta = denoiser_metadata(denoiser)
+    if den_meta.precision is not None and den_meta.precision.engine != "onnxruntime":
+        # a bfloat16 file is the float32 graph that OpenVINO runs in bfloat16: inside a generator
+        # onnxruntime would run it in float32, and the file would not be what it says
+        raise ValueError(
+            f"a {den_meta.precision.name} denoiser runs on {den_meta.precision.engine}, and a "
+            "generator runs on onnxruntime: build the generator from the float32 file (or an "
+            "int8 variant)"
+        )
     diffusion = den_meta.diffusion
     return den_meta, diffusion, diffusion.plan(choice)
 
