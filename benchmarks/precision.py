@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -146,25 +148,26 @@ def speed_table(args: argparse.Namespace, folder: Path) -> None:
     )
 
 
-def quality_table(args: argparse.Namespace, folder: Path) -> None:
+def digits_drift(model: Path, n: int) -> Callable[[Path, str], Any]:
+    """``drift(variant_path, name)``: the drift report of a variant of the digits model
+    ``model`` against it, DPM-Solver++ 2M at 10 steps, ``n`` samples, bits/dim on every held-out
+    digit (also used by benchmarks/float32_below.py)."""
     from refdiff.data import load_digits
     from refdiff.evaluation import measure_drift
 
-    model = Path(args.model)
     if not model.exists():
         raise SystemExit(f"{model} does not exist: run `make demo` first, or pass --model")
     train, heldout = load_digits("train").images, load_digits("test").images
     ref = OnnxDenoiser(model)
-    reports = []
-    for name in ("int8", "bfloat16"):
-        path = write_variant(model, folder / f"digits-{name}.onnx", name)
+
+    def drift(path: Path, name: str) -> Any:
         t0 = time.perf_counter()
         r = measure_drift(
             ref,
             OnnxDenoiser(path),
             sampler="dpmpp_2m",
             steps=10,
-            n=args.n,
+            n=n,
             heldout=heldout,
             train=train,
             reference_name=str(model),
@@ -172,11 +175,22 @@ def quality_table(args: argparse.Namespace, folder: Path) -> None:
         )
         print(f"{name}: drift measured in {time.perf_counter() - t0:.0f} s", flush=True)
         print(r.table(), flush=True)
-        reports.append((name, r))
+        return r
+
+    return drift
+
+
+def quality_table(args: argparse.Namespace, folder: Path) -> None:
+    model = Path(args.model)
+    drift = digits_drift(model, args.n)
+    reports = []
+    for name in ("int8", "bfloat16"):
+        path = write_variant(model, folder / f"digits-{name}.onnx", name)
+        reports.append((name, drift(path, name)))
     print()
     print(
         f"Table 2: the demo's digits model ({model}), DPM-Solver++ 2M, 10 steps, {args.n} "
-        f"samples, seed 0; bits/dim on the {heldout.shape[0]} held-out digits"
+        f"samples, seed 0; bits/dim on the {reports[0][1].bpd['images']} held-out digits"
     )
     print(
         "| variant  | FD float32 | FD variant | FD change | bits/dim float32 | bits/dim variant "

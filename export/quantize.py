@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from refdiff._checks import check_int
 from refdiff._io import atomic_path, check_output_file, make_dir
 from refdiff.onnx_contract import INPUT_NAMES, METADATA_KEY, ModelMetadata, check_onnx_file
 from refdiff.precision import PRECISIONS, Precision
@@ -37,6 +38,7 @@ __all__ = [
     "GRAPH_PARTS",
     "TOLERANCES",
     "check_variant",
+    "float32_below_model",
     "graph_parts",
     "trajectory_inputs",
     "unshare_initializers",
@@ -263,6 +265,7 @@ def write_variant(
     calibration_steps: int = 50,
     calibration_sampler: str = "ddpm",
     seed: int = 0,
+    float32_below: int = 0,
     source_name: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
@@ -281,6 +284,10 @@ def write_variant(
     calibration_images, calibration_steps, calibration_sampler, seed
         For int8: the trajectories of :func:`trajectory_inputs` that calibrate the activation
         ranges (``calibration_images`` images each, ``calibration_steps`` calls).
+    float32_below : int
+        For int8: calls whose timesteps are all at least this run the int8 network, the others
+        the float32 one, which the file then holds as well (:func:`float32_below_model`); in
+        [0, T), 0 (the default) for an int8 network alone.
     source_name : str, optional
         What the metadata names as the variant's source (default: the file name of ``source``;
         ``refdiff export CHECKPOINT`` names the checkpoint).
@@ -315,6 +322,10 @@ def write_variant(
             f"{str(source)!r} is a {meta.precision_name} file, not float32; variants are made "
             "from the float32 export (refdiff export without --precision)"
         )
+    T = meta.diffusion.num_timesteps
+    float32_below = check_int(float32_below, "float32_below", minimum=0, maximum=T - 1)
+    if float32_below and precision != "int8":
+        raise ValueError(f"float32_below applies to int8 variants, not to {precision}")
     if precision == "int8":
         keep = DEFAULT_FLOAT32_PARTS if float32 is None else tuple(float32)
         unknown = sorted(set(keep) - set(GRAPH_PARTS))
@@ -333,12 +344,17 @@ def write_variant(
             sampler=calibration_sampler,
             seed=seed,
         )
+        float32_proto = onnx.ModelProto()
+        float32_proto.CopyFrom(proto)
         unshare_initializers(proto)
         parts = graph_parts(proto)
         exclude = {n for p in keep for n in parts[p]}
         say(f"quantizing (static QDQ, {len(feeds)} calibration batches) ...")
         with tempfile.TemporaryDirectory(prefix="refdiff-int8-") as tmp:
             out = _quantize_int8(proto, feeds, exclude, Path(tmp))
+        if float32_below:
+            say(f"joining the float32 network for the calls with t < {float32_below} ...")
+            out = float32_below_model(float32_proto, out, float32_below)
         info = Precision(
             "int8",
             float32=(ALWAYS_FLOAT32, *(p for p in GRAPH_PARTS if p in keep)),
@@ -351,6 +367,7 @@ def write_variant(
                 "method": "minmax, uint8 activations, int8 weights per channel",
             },
             source=source_name or source.name,
+            float32_below=float32_below,
         )
     else:
         from refdiff.runtime.openvino import float32_layers
@@ -365,6 +382,58 @@ def write_variant(
         onnx.save_model(out, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return path
+
+
+def float32_below_model(float32: Any, int8: Any, below: int) -> Any:
+    """One model of a float32 denoiser and its int8 variant: an ONNX ``If`` on ``min(t) < below``
+    runs the float32 network, else the int8 one.
+
+    The int8 network's error grows as t falls (docs/precision.md: at the smallest t the network
+    must find noise finer than a step of the activations' 8-bit grid), and there the float32
+    network costs few calls: ``below``/T of the full bound's, one of a few-step sampler's. A batch
+    whose timesteps straddle ``below`` runs float32 whole. Each branch holds its own network's
+    weights (onnxruntime fuses a body's quantized operators only over the body's own
+    initializers), so the file is the two files' size together.
+
+    Parameters
+    ----------
+    float32, int8 : onnx.ModelProto
+        The float32 denoiser and its int8 variant (the same inputs ``x``, ``t`` and output).
+    below : int
+        The first timestep that runs int8, >= 1.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Inputs and output those of ``float32``, its metadata; checked by onnx.checker.
+    """
+    import onnx
+
+    from refdiff.graph.builder import GraphBuilder
+
+    below = check_int(below, "below", minimum=1)
+    opsets = {o.domain or "": o.version for o in float32.opset_import}
+    g = GraphBuilder("refdiff_int8_float32_below", opset=opsets[""])
+    (x_in, t_in), (y_out,) = float32.graph.input, float32.graph.output
+
+    def dims(value: Any) -> tuple[str | int, ...]:
+        return tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
+
+    x = g.input(x_in.name, np.float32, dims(x_in))
+    t = g.input(t_in.name, np.int64, dims(t_in))
+    t_min = g.op("ReduceMin", t, keepdims=0)
+    small = g.op("Less", t_min, g.const(np.int64(below), name="float32_below"))
+    branches = []
+    for name, model in (("float32", float32), ("int8", int8)):
+        body = g.subgraph(f"{name}_network")
+        net = body.add_model(model, prefix=name)
+        body.output(body.call(net, **{x_in.name: x, t_in.name: t}), dtype=np.float32, shape=None)
+        branches.append(body)
+    out = g.op("If", small, then_branch=branches[0], else_branch=branches[1])
+    g.output(out, y_out.name, dtype=np.float32, shape=dims(y_out))
+    model = g.to_model(metadata={p.key: p.value for p in float32.metadata_props})
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def variant_error(

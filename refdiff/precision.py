@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import check_int
+
 __all__ = ["ENGINES", "PRECISIONS", "Precision"]
 
 #: The precision names, and the engine each runs on.
@@ -57,12 +59,17 @@ class Precision:
         method). Empty otherwise.
     source : str
         The float32 file the variant was made from (its file name), for the record.
+    float32_below : int
+        For ``int8``: calls whose timesteps are all at least this run the int8 network, the
+        others the float32 network the file also holds (an ONNX ``If`` on ``min(t)``); 0 (the
+        default): every call is int8.
     """
 
     name: str
     float32: tuple[str, ...] = ()
     calibration: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    float32_below: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in ENGINES:
@@ -71,6 +78,10 @@ class Precision:
             raise TypeError(f"float32 must be a list of names, got {self.float32!r}")
         if not isinstance(self.calibration, Mapping):
             raise TypeError(f"calibration must be a mapping, got {self.calibration!r}")
+        below = check_int(self.float32_below, "float32_below", minimum=0)
+        if below and self.name != "int8":
+            raise ValueError(f"float32_below applies to int8 files, not to {self.name}")
+        object.__setattr__(self, "float32_below", below)
         object.__setattr__(self, "float32", tuple(self.float32))
         object.__setattr__(self, "calibration", dict(self.calibration))
 
@@ -80,19 +91,22 @@ class Precision:
         return ENGINES[self.name]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "float32": list(self.float32),
             "calibration": dict(self.calibration),
             "source": self.source,
         }
+        if self.float32_below:  # absent when 0: the files written before it read the same
+            d["float32_below"] = self.float32_below
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> Precision:
         """The inverse of :meth:`to_dict`; unknown keys are a ``ValueError`` naming them."""
         if not isinstance(d, Mapping):
             raise TypeError(f"precision must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"name", "float32", "calibration", "source"})
+        unknown = sorted(set(d) - {"name", "float32", "calibration", "source", "float32_below"})
         if unknown:
             raise ValueError(f"unknown precision keys {unknown}")
         if "name" not in d:
@@ -102,6 +116,7 @@ class Precision:
             float32=tuple(d.get("float32", ())),
             calibration=dict(d.get("calibration", {})),
             source=str(d.get("source", "")),
+            float32_below=d.get("float32_below", 0),
         )
 
     def describe(self) -> str:
@@ -109,6 +124,8 @@ class Precision:
         text = f"{self.name} (runs on {self.engine})"
         if self.float32:
             text += "; float32: " + ", ".join(self.float32)
+        if self.float32_below:
+            text += f"; every call with a t below {self.float32_below}: the float32 network"
         if self.calibration:
             c = self.calibration
             text += (

@@ -233,6 +233,60 @@ def test_cli_refuses_contradicting_precisions(tiny_onnx, tmp_path, capsys):
     assert "--fp16 contradicts --precision int8" in capsys.readouterr().err
 
 
+# -- int8 with the float32 network for the smallest t -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def below_file(tiny_onnx, tmp_path_factory) -> Path:
+    """The int8 fixture's variant (the same calibration) with t < 10 in float32 (T = 50)."""
+    out = tmp_path_factory.mktemp("below") / "tiny-int8-below.onnx"
+    return write_variant(
+        tiny_onnx, out, "int8", calibration_images=4, calibration_steps=10, float32_below=10
+    )
+
+
+def test_float32_below_runs_float32_for_small_t_and_int8_above(tiny_onnx, int8_file, below_file):
+    ref, int8, both = (OnnxDenoiser(p) for p in (tiny_onnx, int8_file, below_file))
+    assert both.metadata.precision.float32_below == 10
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    for ts, same_as in (([0, 3, 9, 9], ref), ([10, 20, 49, 10], int8), ([9, 40, 40, 40], ref)):
+        t = np.asarray(ts, np.int64)  # the last: a batch straddling 10 runs float32 whole
+        np.testing.assert_allclose(both(x, t), same_as(x, t), rtol=0, atol=1e-6)
+    t = np.full(4, 5, np.int64)
+    assert np.abs(int8(x, t) - ref(x, t)).max() > 1e-3  # int8 alone would differ there
+    err = variant_error(ref, both)
+    assert 0 < err < variant_error(ref, int8)
+
+
+def test_float32_below_is_recorded_described_and_refused_where_it_cannot_apply(
+    tiny_onnx, below_file, tmp_path, capsys
+):
+    assert _metadata(below_file)["precision"]["float32_below"] == 10
+    assert main(["check", str(below_file)]) == 0
+    assert "every call with a t below 10: the float32 network" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"float32_below must be in \[0, 49\], got 50"):
+        write_variant(tiny_onnx, tmp_path / "v.onnx", "int8", float32_below=50)
+    with pytest.raises(ValueError, match="applies to int8 variants, not to bfloat16"):
+        write_variant(tiny_onnx, tmp_path / "v.onnx", "bfloat16", float32_below=5)
+    argv = ["export", str(tiny_onnx), "--float32-below", "5", "--out", str(tmp_path / "v.onnx")]
+    assert main(argv) != 0
+    assert "--float32-below applies to --precision int8 only" in capsys.readouterr().err
+    assert main([*argv, "--sampler", "dpmpp_2m"]) != 0  # nor to a generator
+    assert "--float32-below applies to --precision int8 only" in capsys.readouterr().err
+    assert not (tmp_path / "v.onnx").exists()
+    d = _metadata(tiny_onnx)
+    d["precision"] = {"name": "bfloat16", "float32_below": 3}
+    with pytest.raises(MetadataError, match="float32_below applies to int8 files"):
+        ModelMetadata.from_json(json.dumps(d), source="m")
+
+
+def test_a_generator_of_a_float32_below_file_equals_the_python_sampler(below_file, tmp_path, capsys):
+    out = tmp_path / "gen.onnx"
+    args = ["export", str(below_file), "--sampler", "dpmpp_2m", "--steps", "6", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
 def test_an_int8_generator_says_so_and_equals_the_python_sampler(int8_file, tmp_path, capsys):
     out = tmp_path / "gen8.onnx"
     args = ["export", str(int8_file), "--sampler", "dpmpp_2m", "--steps", "4", "--out", str(out)]

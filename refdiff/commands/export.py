@@ -161,6 +161,11 @@ def _torch_model(path: str, no_ema: bool) -> Any:
 
 def run_export(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, what="--out file")  # before the (long) export
+    given = (("--float32", args.float32), ("--float32-below", args.float32_below))
+    int8_only = [flag for flag, value in given if value]
+    if int8_only and args.precision != "int8":
+        verb = "applies" if len(int8_only) == 1 else "apply"
+        raise ValueError(f"{' and '.join(int8_only)} {verb} to --precision int8 only")
     if sampler_flags_given(args):  # a generator: from an .onnx file, no torch is needed
         return _export_generator(args, out)
     if args.fp16 and args.precision not in (None, "float16"):

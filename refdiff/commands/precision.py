@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import check_output_file, write_json
-from ._argtypes import non_negative_float, positive_int
+from ._argtypes import non_negative_float, non_negative_int, positive_int
 
 __all__ = [
     "add_check_arguments",
@@ -71,6 +71,15 @@ def add_export_arguments(e: Any) -> None:
         metavar="PARTS",
         help="int8: graph parts kept in float32, comma-separated, or 'none' (default: input "
         "convolution,output convolution; also: timestep embedding, attention products)",
+    )
+    e.add_argument(
+        "--float32-below",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="int8: calls with a timestep below K run the float32 network, which the file then "
+        "holds too (both networks' size): the likelihood's error lives at small t. 0 (default): "
+        "int8 throughout. T/20 met the bits/dim target on the demo's model (docs/precision.md)",
     )
 
 
@@ -156,6 +165,7 @@ def variant_from_file(
         float32=args.float32,
         calibration_images=args.calibration_images,
         calibration_steps=args.calibration_steps,
+        float32_below=args.float32_below,
         source_name=source_name,
         progress=lambda line: print(line, flush=True),
     )
