@@ -294,12 +294,23 @@ def _export_generator(args: argparse.Namespace, out: Path) -> int:
 
     import onnx
 
-    from ..graph.generator import build_generator, build_step, save_model
+    from ..graph.generator import (
+        build_generator,
+        build_step,
+        check_generator_precision,
+        save_model,
+    )
     from ..models import open_model
+    from ..onnx_contract import METADATA_KEY, ModelMetadata, file_kind, read_metadata_props
     from ..runtime import OnnxDenoiser
     from ..runtime.generator import OnnxGenerator, OnnxStepper, compare_with_python
 
     step_out = check_output_file(out.with_name(out.stem + "-step.onnx"), what="step file")
+    path = Path(args.checkpoint)
+    if path.suffix == ".onnx" and path.is_file():  # before opening it (bfloat16 needs OpenVINO)
+        meta = read_metadata_props(path).get(METADATA_KEY)
+        if meta is not None and file_kind(meta) == "denoiser":
+            check_generator_precision(ModelMetadata.from_json(meta, source=str(path)))
     opened = open_model(args.checkpoint, ema=False if args.no_ema else None)
     if opened.format in ("generator", "step"):
         raise ValueError(f"{args.checkpoint!r} is a {opened.format} file already; give the model")

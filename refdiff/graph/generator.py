@@ -44,7 +44,14 @@ from ..settings import Diffusion
 from .builder import EmbeddedModel, GraphBuilder, onnx
 from .noise import standard_normal
 
-__all__ = ["LAYOUTS", "build_generator", "build_step", "denoiser_metadata", "save_model"]
+__all__ = [
+    "LAYOUTS",
+    "build_generator",
+    "build_step",
+    "check_generator_precision",
+    "denoiser_metadata",
+    "save_model",
+]
 
 #: How a generator lays out its loop.
 LAYOUTS = ("loop", "unrolled")
@@ -165,20 +172,27 @@ def _metadata(
     return {METADATA_KEY: meta.to_json()}
 
 
+def check_generator_precision(meta: ModelMetadata) -> None:
+    """A ``ValueError`` unless onnxruntime computes the denoiser of ``meta`` as its precision says.
+
+    A bfloat16 file is the float32 graph that OpenVINO runs in bfloat16: inside a generator,
+    onnxruntime would run it in float32 and the file would not be what its metadata says.
+    """
+    p = meta.precision
+    if p is not None and p.engine != "onnxruntime":
+        raise ValueError(
+            f"a {p.name} denoiser runs on {p.engine}, and a generator runs on onnxruntime: build "
+            "the generator from the float32 file (or an int8 variant)"
+        )
+
+
 def _prepare(denoiser: Any, choice: SamplerChoice) -> tuple[ModelMetadata, Diffusion, Plan]:
     if not isinstance(denoiser, onnx.ModelProto):
         raise TypeError(f"denoiser must be an onnx.ModelProto, got {type(denoiser).__name__}")
     if not isinstance(choice, SamplerChoice):
         raise TypeError(f"choice must be a SamplerChoice, got {type(choice).__name__}")
     den_meta = denoiser_metadata(denoiser)
-    if den_meta.precision is not None and den_meta.precision.engine != "onnxruntime":
-        # a bfloat16 file is the float32 graph that OpenVINO runs in bfloat16: inside a generator
-        # onnxruntime would run it in float32, and the file would not be what it says
-        raise ValueError(
-            f"a {den_meta.precision.name} denoiser runs on {den_meta.precision.engine}, and a "
-            "generator runs on onnxruntime: build the generator from the float32 file (or an "
-            "int8 variant)"
-        )
+    check_generator_precision(den_meta)
     diffusion = den_meta.diffusion
     return den_meta, diffusion, diffusion.plan(choice)
 
