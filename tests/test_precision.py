@@ -312,6 +312,12 @@ def test_a_generator_of_a_bfloat16_file_is_refused(tiny_onnx, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a bfloat16 denoiser runs on openvino" in err and "float32 file" in err, err
     assert not out.exists() and not (tmp_path / "gen-step.onnx").exists()
+    from refdiff.graph.generator import build_generator, build_step
+
+    choice = meta.diffusion.choose_sampler("dpmpp_2m", steps=4)
+    for build in (build_generator, build_step):  # the library refuses it too
+        with pytest.raises(ValueError, match="a bfloat16 denoiser runs on openvino"):
+            build(proto, choice)
 
 
 # -- the bfloat16 variant -------------------------------------------------------------------------
