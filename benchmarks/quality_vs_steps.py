@@ -7,7 +7,7 @@ calls at which each sampler reaches DDPM-200's Fréchet distance within 10 %, an
 DDPM and DDIM also run with 200 calls: DDPM-200 is the reference, DDIM-200 the probability-flow
 ODE's own quality, which every deterministic sampler approaches.
 
-    make demo                                  # trains and exports runs/demo/model.onnx (~6 min)
+    make demo                                  # trains and exports runs/demo/model.onnx (~6.5 min)
     python benchmarks/quality_vs_steps.py      # runs/demo/model.onnx, the table, the plot
     python benchmarks/quality_vs_steps.py model.onnx --n 2000 --calls 5 10 20 --samplers ddim heun
 

@@ -344,9 +344,7 @@ def write_variant(
             sampler=calibration_sampler,
             seed=seed,
         )
-        float32_proto = onnx.ModelProto()
-        float32_proto.CopyFrom(proto)
-        unshare_initializers(proto)
+        unshare_initializers(proto)  # computes the same: the float32 network of float32_below
         parts = graph_parts(proto)
         exclude = {n for p in keep for n in parts[p]}
         say(f"quantizing (static QDQ, {len(feeds)} calibration batches) ...")
@@ -354,7 +352,7 @@ def write_variant(
             out = _quantize_int8(proto, feeds, exclude, Path(tmp))
         if float32_below:
             say(f"joining the float32 network for the calls with t < {float32_below} ...")
-            out = float32_below_model(float32_proto, out, float32_below)
+            out = float32_below_model(proto, out, float32_below)
         info = Precision(
             "int8",
             float32=(ALWAYS_FLOAT32, *(p for p in GRAPH_PARTS if p in keep)),

@@ -17,7 +17,7 @@ How a block runs, by its tag:
   ``$WORLD`` 4). ``refdiff ...`` runs in this process, and must exit 0, unless it is *long*, in
   which case its command line is parsed by refdiff's own parser (``--shard auto`` as in one
   torchrun process), so that a renamed flag still fails: ``train`` (minutes to hours;
-  ``--print-config`` runs), ``demo`` (about 6 minutes), ``--device cuda`` (no GPU here),
+  ``--print-config`` runs), ``demo`` (about 6.5 minutes), ``--device cuda`` (no GPU here),
   ``sample`` of more than 1000 samples (minutes on a CPU), ``eval --n-images 0`` (the full bound
   of a whole split: minutes to hours). A usage synopsis (``refdiff export CHECKPOINT [--fp16]``:
   a token in brackets or in capitals) has each of its flags looked up. A command that stops
@@ -298,7 +298,7 @@ def long_reason(argv: list[str]) -> str | None:
     if command == "train" and "--print-config" not in argv:
         return "training takes minutes to hours"
     if command == "demo":
-        return "the demo takes about 6 minutes"
+        return "the demo takes about 6.5 minutes"
     for i, arg in enumerate(argv):
         device = arg.split("=", 1)[1] if arg.startswith("--device=") else None
         if arg == "--device" and i + 1 < len(argv):

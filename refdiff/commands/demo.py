@@ -35,7 +35,7 @@ __all__ = ["add_parser", "run", "run_demo", "torch_free_stage"]
 MARKER = ".refdiff-demo"
 #: The demo's wall time on a 2-core CPU after the install, as README.md measures it (two fresh-clone
 #: runs of `make demo`: 6 min 31 s idle, 6 min 13 s beside a busy process).
-MEASURED_MINUTES = 6
+MEASURED_MINUTES = 6.5
 #: The budgets of network calls of the demo's quality-vs-calls sweep, over every registered sampler
 #: on its own spacing (200 = T: the reference, DDPM over every step). benchmarks/quality_vs_steps.py
 #: runs a larger one.
